@@ -1,0 +1,188 @@
+"""The ASGI application: routes, error translation, headers, lifespan."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import logging
+import re
+from collections.abc import AsyncIterator
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Mount, Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from leads_gql import __version__, db, rest
+from leads_gql.auth import TokenVerifier
+from leads_gql.config import Settings
+from leads_gql.errors import InvalidInput, LeadsError, RateLimited, ServiceUnavailable
+from leads_gql.graphql_http import GRAPHIQL_HTML, GraphQLEndpoint
+from leads_gql.openapi import document
+from leads_gql.rest import JSONResponse
+from leads_gql.schema import make_schema
+
+logger = logging.getLogger("leads_gql")
+
+_inline_script = re.search(r"<script>(.*?)</script>", GRAPHIQL_HTML, re.S)
+_SCRIPT_HASH = base64.b64encode(
+    hashlib.sha256(_inline_script.group(1).encode() if _inline_script else b"").digest()
+).decode()
+# HTML pages load GraphiQL from unpkg (pinned by SRI) and run one inline script,
+# allowed by its hash; nothing else.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'none'; "
+    f"script-src https://unpkg.com 'sha256-{_SCRIPT_HASH}'; "
+    "style-src https://unpkg.com 'unsafe-inline'; "
+    "font-src https://unpkg.com data:; img-src 'self' data:; "
+    "connect-src 'self'; base-uri 'none'; form-action 'none'; "
+    "frame-ancestors 'none'"
+)
+
+
+class TrailingSlash:
+    """`/leads/` is `/leads`: answered directly, never redirected."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            path = scope["path"]
+            if len(path) > 1 and path.endswith("/"):
+                scope = {**scope, "path": path.rstrip("/") or "/"}
+        await self.app(scope, receive, send)
+
+
+class SecurityHeaders:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                headers.append((b"x-content-type-options", b"nosniff"))
+                headers.append((b"referrer-policy", b"no-referrer"))
+                content_type = dict(headers).get(b"content-type", b"")
+                if content_type.startswith(b"text/html"):
+                    headers.append(
+                        (b"content-security-policy", CONTENT_SECURITY_POLICY.encode())
+                    )
+                    headers.append((b"x-frame-options", b"DENY"))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+def error_body(status: int, message: str, **extra: Any) -> dict[str, Any]:
+    return {"statusCode": status, "message": message, **extra}
+
+
+async def leads_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, LeadsError)
+    extra = {"errors": exc.errors} if isinstance(exc, InvalidInput) else {}
+    headers = {}
+    if exc.status == 401:
+        headers["WWW-Authenticate"] = 'Bearer realm="leads-gql"'
+    if isinstance(exc, RateLimited | ServiceUnavailable):
+        headers["Retry-After"] = str(exc.retry_after)
+    return JSONResponse(
+        error_body(exc.status, exc.message, **extra), exc.status, headers
+    )
+
+
+async def http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    return JSONResponse(
+        error_body(exc.status_code, exc.detail), exc.status_code, exc.headers
+    )
+
+
+async def server_error(request: Request, exc: Exception) -> Response:
+    # The client learns nothing of the internals; the log has the traceback.
+    return JSONResponse(error_body(500, "Internal server error"), 500)
+
+
+async def healthz(request: Request) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+async def readyz(request: Request) -> Response:
+    try:
+        await db.check_schema(request.app.state.engine)
+    except db.SchemaBehind as exc:
+        return JSONResponse({"status": "unavailable", "reason": str(exc)}, 503)
+    except Exception:
+        return JSONResponse(
+            {"status": "unavailable", "reason": "the database is unreachable"},
+            503,
+            {"Retry-After": "2"},
+        )
+    return JSONResponse({"status": "ready"})
+
+
+def create_app(settings: Settings | None = None) -> Starlette:
+    settings = settings or Settings.from_env()
+    verifier = TokenVerifier(settings)
+    graphql = GraphQLEndpoint(
+        make_schema(introspection=settings.introspection), graphiql=settings.graphiql
+    )
+    openapi = document(__version__)
+
+    async def openapi_json(request: Request) -> Response:
+        return JSONResponse(openapi)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        engine = db.make_engine(settings)
+        try:
+            if settings.migrate_on_start:
+                await db.migrate(engine)
+            app.state.engine = engine
+            yield
+        finally:
+            await engine.dispose()
+
+    middleware = [Middleware(SecurityHeaders), Middleware(TrailingSlash)]
+    if settings.cors_origins:
+        middleware.append(
+            Middleware(
+                CORSMiddleware,
+                allow_origins=list(settings.cors_origins),
+                allow_methods=["GET", "POST"],
+                allow_headers=["Authorization", "Content-Type"],
+                max_age=600,
+            )
+        )
+    app = Starlette(
+        routes=[
+            Route("/healthz", healthz, methods=["GET"]),
+            Route("/readyz", readyz, methods=["GET"]),
+            Route("/openapi.json", openapi_json, methods=["GET"]),
+            Route("/graphql", graphql.__call__, methods=["GET", "POST"]),
+            *rest.routes,
+            Mount("/api/v1", routes=rest.routes),
+        ],
+        middleware=middleware,
+        exception_handlers={
+            LeadsError: leads_error,
+            HTTPException: http_error,
+            Exception: server_error,
+        },
+        lifespan=lifespan,
+    )
+    app.state.verifier = verifier
+    app.state.settings = settings
+    return app

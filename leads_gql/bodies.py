@@ -1,0 +1,90 @@
+"""Reading request bodies: size first, then media type, then strict JSON."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+from starlette.requests import Request
+
+from leads_gql.config import MAX_BODY_BYTES
+from leads_gql.errors import InvalidJSON, PayloadTooLarge, UnsupportedMediaType
+
+
+def _pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        raise InvalidJSON("The body is not valid JSON: an object has a duplicate key")
+    return obj
+
+
+def _constant(name: str) -> Any:
+    raise InvalidJSON(f"The body is not valid JSON: {name} is not a JSON value")
+
+
+def _float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise InvalidJSON("The body is not valid JSON: a number is out of range")
+    return value
+
+
+def parse_json(body: bytes) -> Any:
+    """RFC 8259 JSON in UTF-8: no duplicate keys, NaN, Infinity or absurd depth."""
+    try:
+        return json.loads(
+            body.decode("utf-8"),
+            object_pairs_hook=_pairs,
+            parse_constant=_constant,
+            parse_float=_float,
+        )
+    except InvalidJSON:
+        raise
+    except UnicodeDecodeError:
+        raise InvalidJSON("The body is not valid JSON: it is not UTF-8") from None
+    except RecursionError:
+        raise InvalidJSON(
+            "The body is not valid JSON: it is nested too deeply"
+        ) from None
+    except ValueError as exc:
+        raise InvalidJSON(f"The body is not valid JSON: {exc}") from None
+
+
+def is_json_media_type(content_type: str | None) -> bool:
+    media, _, params = (content_type or "").partition(";")
+    media = media.strip().lower()
+    if media != "application/json" and not (
+        media.startswith("application/") and media.endswith("+json")
+    ):
+        return False
+    for param in params.split(";"):
+        key, _, value = param.partition("=")
+        if key.strip().lower() == "charset" and value.strip().strip(
+            '"'
+        ).lower() not in {
+            "utf-8",
+            "utf8",
+        }:
+            return False
+    return True
+
+
+async def read_json(request: Request, limit: int = MAX_BODY_BYTES) -> Any:
+    """The parsed body: 413 past `limit` bytes (before parsing), 415, then 400."""
+    length = request.headers.get("content-length")
+    if length is not None:
+        if not length.isdigit():
+            raise InvalidJSON("Content-Length is not a number")
+        if int(length) > limit:
+            raise PayloadTooLarge(f"The request body is over {limit // 1024} KiB")
+    if not is_json_media_type(request.headers.get("content-type")):
+        raise UnsupportedMediaType()
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"The request body is over {limit // 1024} KiB")
+        chunks.append(chunk)
+    return parse_json(b"".join(chunks))

@@ -1,0 +1,169 @@
+"""The `leads-gql` command: serve | token | export-schema | migrate."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import sys
+from pathlib import Path
+
+from leads_gql import __version__
+from leads_gql.config import DEV_SECRET_FILE, ConfigError, Settings
+
+
+def _say(message: str) -> None:
+    sys.stderr.write(message + "\n")
+
+
+def _settings_with_secret(*, announce: bool) -> Settings:
+    from leads_gql.auth import with_dev_secret
+
+    settings, dev = with_dev_secret(Settings.from_env(), Path(DEV_SECRET_FILE))
+    if dev and announce:
+        _say(
+            f"leads-gql: LEADS_JWT_SECRET is not set; using the development secret "
+            f"in ./{DEV_SECRET_FILE}.\n"
+            "leads-gql: get a token (in this directory) with:\n"
+            '  leads-gql token --scope "leads:read leads:write"'
+        )
+    return settings
+
+
+async def _prepare_database(settings: Settings, *, migrate: bool) -> None:
+    from leads_gql import db
+
+    engine = db.make_engine(settings)
+    try:
+        if migrate:
+            await db.migrate(engine)
+        else:
+            await db.check_schema(engine)
+    finally:
+        await engine.dispose()
+
+
+def serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from leads_gql import db
+    from leads_gql.app import create_app
+
+    settings = _settings_with_secret(announce=True)
+    try:
+        asyncio.run(_prepare_database(settings, migrate=not args.no_migrate))
+    except db.SchemaBehind as exc:
+        _say(f"leads-gql: refusing to start: {exc}")
+        return 1
+    except ModuleNotFoundError as exc:
+        _say(f"leads-gql: {exc}; for PostgreSQL: pip install 'leads-gql[postgres]'")
+        return 1
+    except OSError as exc:
+        _say(f"leads-gql: cannot reach the database: {exc}")
+        return 1
+    # Migrated (or checked) above, once, before the server takes requests.
+    app = create_app(dataclasses.replace(settings, migrate_on_start=False))
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        # The access log would print query strings; requests are logged by the app.
+        access_log=False,
+        server_header=False,
+        timeout_graceful_shutdown=20,
+    )
+    return 0
+
+
+def token(args: argparse.Namespace) -> int:
+    from leads_gql.auth import issue_token
+    from leads_gql.models import parse_uuid
+
+    settings = _settings_with_secret(announce=False)
+    if "HS256" not in settings.jwt_algorithms:
+        _say("leads-gql: warning: LEADS_JWT_ALGORITHMS does not allow HS256")
+    try:
+        chatflows = [parse_uuid(c) for c in args.chatflow] if args.chatflow else None
+    except ValueError:
+        _say("leads-gql: --chatflow must be a UUID")
+        return 2
+    print(  # noqa: T201 (the token is the command's output)
+        issue_token(
+            settings,
+            sub=args.sub,
+            scopes=args.scope.split(),
+            chatflows=chatflows,
+            ttl=args.ttl,
+        )
+    )
+    return 0
+
+
+def export_schema(args: argparse.Namespace) -> int:
+    from leads_gql.schema import schema
+
+    sys.stdout.write(schema.as_str() + "\n")
+    return 0
+
+
+def migrate(args: argparse.Namespace) -> int:
+    from leads_gql import db
+
+    settings = Settings.from_env()
+    asyncio.run(_prepare_database(settings, migrate=True))
+    _say(f"leads-gql: the database is at revision {db.head_revision()}")
+    return 0
+
+
+def _positive(raw: str) -> int:
+    value = int(raw)
+    if value <= 0:
+        raise argparse.ArgumentTypeError("must be a positive number of seconds")
+    return value
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog="leads-gql", description=__doc__)
+    root.add_argument("--version", action="version", version=__version__)
+    commands = root.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("serve", help="start the HTTP server")
+    run.add_argument("--host", default="127.0.0.1")
+    run.add_argument("--port", type=int, default=8000)
+    run.add_argument(
+        "--no-migrate",
+        action="store_true",
+        help="only check the schema; refuse to start when it is behind",
+    )
+    run.add_argument(
+        "--log-level",
+        default="info",
+        choices=["critical", "error", "warning", "info", "debug"],
+    )
+    run.set_defaults(func=serve)
+
+    sign = commands.add_parser("token", help="print a signed HS256 token")
+    sign.add_argument("--scope", default="leads:read leads:write")
+    sign.add_argument(
+        "--chatflow", action="append", metavar="ID", help="limit to a chat flow"
+    )
+    sign.add_argument("--ttl", type=_positive, default=3600, metavar="SECONDS")
+    sign.add_argument("--sub", default="leads-gql-cli", metavar="NAME")
+    sign.set_defaults(func=token)
+
+    export = commands.add_parser("export-schema", help="print the GraphQL SDL")
+    export.set_defaults(func=export_schema)
+
+    upgrade = commands.add_parser("migrate", help="upgrade the database schema")
+    upgrade.set_defaults(func=migrate)
+    return root
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        _say(f"leads-gql: configuration error: {exc}")
+        return 2

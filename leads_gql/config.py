@@ -1,0 +1,169 @@
+"""All configuration, read from the environment in one place.
+
+`Settings.from_env()` runs in `create_app` and the CLI (never at import time), so tests
+can pass a mapping of their own. A bad value fails at start, naming its variable.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+PREFIX = "LEADS_"
+MAX_BODY_BYTES = 64 * 1024
+DEV_SECRET_FILE = ".leads-gql-secret"
+
+HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
+KEY_ALGORITHMS = frozenset(
+    {
+        "RS256", "RS384", "RS512",
+        "PS256", "PS384", "PS512",
+        "ES256", "ES384", "ES512",
+        "EdDSA",
+    }
+)  # fmt: skip
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing or malformed; the message names it."""
+
+
+def _bool(name: str, raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in {"1", "true", "yes", "on"}:
+        return True
+    if value in {"0", "false", "no", "off"}:
+        return False
+    raise ConfigError(f"{name} must be true or false, not {raw!r}")
+
+
+def _int(name: str, raw: str, minimum: int = 0) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be an integer, not {raw!r}") from None
+    if value < minimum:
+        raise ConfigError(f"{name} must be at least {minimum}")
+    return value
+
+
+def _float(name: str, raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, not {raw!r}") from None
+    if not value > 0:
+        raise ConfigError(f"{name} must be positive")
+    return value
+
+
+def _list(raw: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in raw.split(",") if item.strip())
+
+
+def database_url(raw: str) -> str:
+    """Map the user's URL to the async driver SQLAlchemy needs."""
+    scheme, sep, rest = raw.partition("://")
+    if not sep:
+        raise ConfigError(
+            f"LEADS_DATABASE_URL must look like sqlite:///leads.db or "
+            f"postgresql://user@host:5432/db, not {raw!r}"
+        )
+    if scheme in {"sqlite", "sqlite+aiosqlite"}:
+        return f"sqlite+aiosqlite://{rest}"
+    if scheme in {"postgresql", "postgres", "postgresql+asyncpg"}:
+        return f"postgresql+asyncpg://{rest}"
+    raise ConfigError(
+        f"LEADS_DATABASE_URL: unsupported scheme {scheme!r} "
+        "(use sqlite:/// or postgresql://)"
+    )
+
+
+def _public_key(raw: str) -> str:
+    if "-----BEGIN" in raw:
+        return raw.replace("\\n", "\n")
+    path = Path(raw)
+    if path.is_file():
+        return path.read_text()
+    raise ConfigError("LEADS_JWT_PUBLIC_KEY must be a PEM public key (or a file path)")
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    database_url: str = "sqlite+aiosqlite:///leads.db"
+    jwt_secret: str | None = dataclasses.field(default=None, repr=False)
+    jwt_algorithms: tuple[str, ...] = ("HS256",)
+    jwt_public_key: str | None = None
+    jwt_issuer: str | None = None
+    jwt_audience: str | None = None
+    # Pool settings apply to PostgreSQL; SQLite uses its own small pool.
+    db_pool_size: int = 10
+    db_max_overflow: int = 10
+    db_pool_timeout: float = 10.0
+    db_connect_timeout: float = 5.0
+    # Migrate at start (`serve --no-migrate` turns this off and only checks).
+    migrate_on_start: bool = True
+    graphiql: bool = True
+    introspection: bool = True
+    cors_origins: tuple[str, ...] = ()
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+
+        def get(name: str) -> str | None:
+            value = env.get(PREFIX + name)
+            return value if value is not None and value.strip() != "" else None
+
+        fields: dict[str, object] = {}
+        if (raw := get("DATABASE_URL")) is not None:
+            fields["database_url"] = database_url(raw)
+        if (raw := get("JWT_SECRET")) is not None:
+            fields["jwt_secret"] = raw
+        if (raw := get("JWT_ALGORITHMS")) is not None:
+            fields["jwt_algorithms"] = _list(raw)
+        if (raw := get("JWT_PUBLIC_KEY")) is not None:
+            fields["jwt_public_key"] = _public_key(raw)
+        if (raw := get("JWT_ISSUER")) is not None:
+            fields["jwt_issuer"] = raw
+        if (raw := get("JWT_AUDIENCE")) is not None:
+            fields["jwt_audience"] = raw
+        if (raw := get("DB_POOL_SIZE")) is not None:
+            fields["db_pool_size"] = _int(PREFIX + "DB_POOL_SIZE", raw, minimum=1)
+        if (raw := get("DB_MAX_OVERFLOW")) is not None:
+            fields["db_max_overflow"] = _int(PREFIX + "DB_MAX_OVERFLOW", raw)
+        if (raw := get("DB_POOL_TIMEOUT")) is not None:
+            fields["db_pool_timeout"] = _float(PREFIX + "DB_POOL_TIMEOUT", raw)
+        if (raw := get("DB_CONNECT_TIMEOUT")) is not None:
+            fields["db_connect_timeout"] = _float(PREFIX + "DB_CONNECT_TIMEOUT", raw)
+        if (raw := get("GRAPHIQL")) is not None:
+            fields["graphiql"] = _bool(PREFIX + "GRAPHIQL", raw)
+        if (raw := get("INTROSPECTION")) is not None:
+            fields["introspection"] = _bool(PREFIX + "INTROSPECTION", raw)
+        if (raw := get("CORS_ORIGINS")) is not None:
+            fields["cors_origins"] = _list(raw)
+        settings = cls(**fields)  # type: ignore[arg-type]
+        settings.check_algorithms()
+        return settings
+
+    def check_algorithms(self) -> None:
+        if not self.jwt_algorithms:
+            raise ConfigError("LEADS_JWT_ALGORITHMS must name at least one algorithm")
+        for alg in self.jwt_algorithms:
+            if alg not in HMAC_ALGORITHMS | KEY_ALGORITHMS:
+                raise ConfigError(f"LEADS_JWT_ALGORITHMS: {alg!r} is not allowed")
+            if alg in KEY_ALGORITHMS and not self.jwt_public_key:
+                raise ConfigError(
+                    f"LEADS_JWT_ALGORITHMS lists {alg}, "
+                    "which needs LEADS_JWT_PUBLIC_KEY"
+                )
+
+    @property
+    def uses_hmac(self) -> bool:
+        return any(alg in HMAC_ALGORITHMS for alg in self.jwt_algorithms)
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")

@@ -1,0 +1,156 @@
+"""The database: engine set-up for SQLite and PostgreSQL, sessions, migrations."""
+
+from __future__ import annotations
+
+import asyncio
+import weakref
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Connection, event, exc, text
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
+
+from leads_gql.config import Settings
+from leads_gql.errors import ServiceUnavailable
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+# pg_advisory_xact_lock key: instances starting together migrate one at a time.
+MIGRATION_LOCK_KEY = 0x1EAD5
+
+
+class SchemaBehind(RuntimeError):
+    """The database is not at the migration head (and we were told not to migrate)."""
+
+
+def make_engine(settings: Settings) -> AsyncEngine:
+    url = settings.database_url
+    if url.startswith("sqlite"):
+        engine = create_async_engine(
+            url,
+            # The driver's busy timeout (seconds); writers also queue on a lock.
+            connect_args={"timeout": 30},
+        )
+        event.listen(engine.sync_engine, "connect", _sqlite_on_connect)
+        return engine
+    return create_async_engine(
+        url,
+        pool_size=settings.db_pool_size,
+        max_overflow=settings.db_max_overflow,
+        pool_timeout=settings.db_pool_timeout,
+        pool_recycle=1800,
+        connect_args={"timeout": settings.db_connect_timeout},
+    )
+
+
+def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    # WAL lets readers run beside the writer; synchronous=FULL makes each commit
+    # durable before we answer 200.
+    for pragma in (
+        "journal_mode=WAL",
+        "synchronous=FULL",
+        "busy_timeout=30000",
+        "foreign_keys=ON",
+    ):
+        cursor.execute(f"PRAGMA {pragma}")
+    cursor.close()
+
+
+_write_locks: weakref.WeakKeyDictionary[Any, asyncio.Lock] = weakref.WeakKeyDictionary()
+
+
+@asynccontextmanager
+async def writing(session: AsyncSession) -> AsyncIterator[None]:
+    """Queue SQLite writers of this process on a lock.
+
+    SQLite has one writer at a time; waiting on an asyncio lock costs nothing,
+    while waiting in SQLite's busy handler sleeps a worker thread in steps of up to
+    100 ms. PostgreSQL needs no lock.
+    """
+    bind = session.get_bind()
+    if bind.dialect.name != "sqlite":
+        yield
+        return
+    lock = _write_locks.setdefault(bind, asyncio.Lock())
+    async with lock:
+        yield
+
+
+# Errors that mean "the database cannot be reached right now", not a bug.
+UNAVAILABLE = (
+    exc.OperationalError,
+    exc.InterfaceError,
+    exc.TimeoutError,
+    ConnectionError,
+    OSError,
+    asyncio.TimeoutError,
+)
+
+
+@asynccontextmanager
+async def session_scope(engine: AsyncEngine) -> AsyncIterator[AsyncSession]:
+    """One session per request or operation; an unreachable database is a 503."""
+    try:
+        async with AsyncSession(engine, expire_on_commit=False) as session:
+            yield session
+    except exc.DBAPIError as error:
+        if isinstance(error, exc.OperationalError | exc.InterfaceError) or (
+            error.connection_invalidated
+        ):
+            raise ServiceUnavailable() from error
+        raise
+    except UNAVAILABLE as error:
+        raise ServiceUnavailable() from error
+
+
+def alembic_config(connection: Connection | None = None) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.attributes["connection"] = connection
+    return config
+
+
+def head_revision() -> str | None:
+    return ScriptDirectory.from_config(alembic_config()).get_current_head()
+
+
+def _current_revision(connection: Connection) -> str | None:
+    return MigrationContext.configure(connection).get_current_revision()
+
+
+def _upgrade(connection: Connection) -> None:
+    command.upgrade(alembic_config(connection), "head")
+
+
+async def migrate(engine: AsyncEngine) -> None:
+    """Bring the database to the head revision, once, even with many instances."""
+    async with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            await conn.execute(
+                text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY}
+            )
+        else:
+            # Take SQLite's write lock now, so two processes never race on DDL.
+            await conn.exec_driver_sql("BEGIN IMMEDIATE")
+        await conn.run_sync(_upgrade)
+
+
+async def current_revision(engine: AsyncEngine) -> str | None:
+    async with engine.connect() as conn:
+        return await conn.run_sync(_current_revision)
+
+
+async def check_schema(engine: AsyncEngine) -> None:
+    """Raise SchemaBehind unless the database is at the head revision."""
+    current, head = await current_revision(engine), head_revision()
+    if current != head:
+        raise SchemaBehind(
+            f"the database schema is at revision {current or 'none (empty)'}, "
+            f"this version needs {head}: run `leads-gql migrate` first"
+        )

@@ -1,0 +1,184 @@
+"""GraphQL over HTTP at /graphql: GraphiQL for browsers, JSON for clients.
+
+Follows the GraphQL-over-HTTP specification: a client that accepts
+`application/graphql-response+json` gets 4xx for requests that cannot execute
+(bad documents, bad variables), a client that accepts only `application/json`
+gets 200 with `errors`, as before that specification.
+"""
+
+from __future__ import annotations
+
+from importlib.resources import files
+from typing import Any
+
+import orjson
+import strawberry
+from graphql import GraphQLError
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, Response
+from strawberry.exceptions import MissingQueryError
+from strawberry.schema.exceptions import (
+    CannotGetOperationTypeError,
+    InvalidOperationTypeError,
+)
+from strawberry.types import ExecutionResult
+from strawberry.types.graphql import OperationType
+
+from leads_gql.bodies import read_json
+from leads_gql.errors import (
+    BadRequest,
+    LeadsError,
+    MethodNotAllowed,
+    RateLimited,
+    ServiceUnavailable,
+)
+from leads_gql.schema import Context
+
+GRAPHQL_RESPONSE = "application/graphql-response+json"
+MAX_BATCH = 10
+GRAPHIQL_HTML = files("leads_gql").joinpath("static/graphiql.html").read_text()
+
+
+def _accepts_graphql_response(request: Request) -> bool:
+    return GRAPHQL_RESPONSE in request.headers.get("accept", "")
+
+
+def _wants_html(request: Request) -> bool:
+    accept = request.headers.get("accept", "")
+    return "text/html" in accept
+
+
+def error_response(error: LeadsError, request: Request) -> Response:
+    """An HTTP-level error on /graphql, readable as GraphQL and as REST."""
+    body: dict[str, Any] = {
+        "statusCode": error.status,
+        "message": error.message,
+        "errors": [{"message": error.message, "extensions": {"code": error.code}}],
+    }
+    headers = {}
+    if error.status == 401:
+        headers["WWW-Authenticate"] = 'Bearer realm="leads-gql"'
+    if isinstance(error, RateLimited | ServiceUnavailable):
+        headers["Retry-After"] = str(error.retry_after)
+    media = (
+        GRAPHQL_RESPONSE if _accepts_graphql_response(request) else "application/json"
+    )
+    return Response(orjson.dumps(body), error.status, headers, media_type=media)
+
+
+class GraphQLEndpoint:
+    def __init__(self, schema: strawberry.Schema, *, graphiql: bool) -> None:
+        self.schema = schema
+        self.graphiql = graphiql
+
+    async def __call__(self, request: Request) -> Response:
+        try:
+            return await self.handle(request)
+        except LeadsError as error:
+            return error_response(error, request)
+
+    async def handle(self, request: Request) -> Response:
+        if (
+            request.method == "GET"
+            and not request.query_params.get("query")
+            and _wants_html(request)
+        ):
+            if not self.graphiql:
+                raise BadRequest("GraphiQL is turned off on this server")
+            return HTMLResponse(GRAPHIQL_HTML)
+        # The token comes before the body: no token, 401, whatever the body.
+        principal = request.app.state.verifier.authenticate(
+            request.headers.get("authorization")
+        )
+        allowed = {OperationType.QUERY}
+        if request.method == "GET":
+            payload: Any = {
+                "query": request.query_params.get("query"),
+                "operationName": request.query_params.get("operationName"),
+                "variables": _json_param(request.query_params.get("variables")),
+            }
+        else:
+            payload = await read_json(request)
+            allowed.add(OperationType.MUTATION)
+
+        context = Context(principal=principal, engine=request.app.state.engine)
+        strict = _accepts_graphql_response(request)
+        if isinstance(payload, list):
+            if not 1 <= len(payload) <= MAX_BATCH:
+                raise BadRequest(f"A batch holds 1 to {MAX_BATCH} operations")
+            operations = [_operation(item) for item in payload]
+            results = [await self.run(op, context, allowed) for op in operations]
+            body: Any = [_result_body(result) for result, _ in results]
+            status = 200
+        else:
+            result, request_error = await self.run(
+                _operation(payload), context, allowed
+            )
+            body = _result_body(result)
+            status = 400 if strict and request_error else 200
+        media = GRAPHQL_RESPONSE if strict else "application/json"
+        return Response(orjson.dumps(body), status, media_type=media)
+
+    async def run(
+        self,
+        operation: tuple[str, dict[str, Any] | None, str | None],
+        context: Context,
+        allowed: set[OperationType],
+    ) -> tuple[ExecutionResult, bool]:
+        """Execute one operation; also say whether it failed before executing."""
+        query, variables, operation_name = operation
+        try:
+            result = await self.schema.execute(
+                query,
+                variable_values=variables,
+                context_value=context,
+                operation_name=operation_name,
+                allowed_operation_types=allowed,
+            )
+        except InvalidOperationTypeError:
+            raise MethodNotAllowed("Mutations need POST") from None
+        except (CannotGetOperationTypeError, MissingQueryError) as exc:
+            message = getattr(exc, "message", None) or str(exc)
+            error = GraphQLError(message, extensions={"code": "BAD_REQUEST"})
+            return ExecutionResult(data=None, errors=[error]), True
+        for error in result.errors or ():
+            if isinstance(error.original_error, ServiceUnavailable):
+                raise error.original_error
+        request_error = result.data is None and all(
+            error.path is None for error in result.errors or ()
+        )
+        return result, request_error
+
+
+def _json_param(raw: str | None) -> Any:
+    if raw is None:
+        return None
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise BadRequest("The variables parameter is not valid JSON") from None
+
+
+def _operation(payload: Any) -> tuple[str, dict[str, Any] | None, str | None]:
+    """(query, variables, operationName) of a request, or 400 if it is not one."""
+    if not isinstance(payload, dict):
+        raise BadRequest("A GraphQL request is a JSON object with a query")
+    query = payload.get("query")
+    variables = payload.get("variables")
+    operation_name = payload.get("operationName")
+    if not isinstance(query, str) or not query.strip():
+        raise BadRequest("A GraphQL request needs a query string")
+    if variables is not None and not isinstance(variables, dict):
+        raise BadRequest("variables must be a JSON object")
+    if operation_name is not None and not isinstance(operation_name, str):
+        raise BadRequest("operationName must be a string")
+    return query, variables, operation_name
+
+
+def _result_body(result: ExecutionResult) -> dict[str, Any]:
+    body: dict[str, Any] = {}
+    if result.errors:
+        body["errors"] = [error.formatted for error in result.errors]
+    if result.data is not None or any(e.path for e in result.errors or ()):
+        body["data"] = result.data
+    return body

@@ -1,0 +1,263 @@
+"""The lead: its table, its validated input, and the helpers that print it."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any, Protocol
+
+from email_validator import EmailNotValidError, validate_email
+from sqlalchemy import DateTime, Dialect, Index, String
+from sqlalchemy.types import TypeDecorator
+from sqlmodel import Field, SQLModel
+
+from leads_gql.errors import FieldError, InvalidInput
+
+UUID_RE = re.compile(
+    r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+)
+PHONE_RE = re.compile(r"\+?[0-9 ().\-]+")
+# A date and a time (seconds and fraction optional), then an optional offset.
+DATETIME_RE = re.compile(
+    r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2})(?::(\d{2})(?:[.,](\d+))?)?"
+    r"(?:([Zz])|([+-])(\d{2})(?::?(\d{2}))?)?",
+    re.ASCII,
+)
+CONTACT_FIELDS = ("name", "email", "phone")
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC instants on every backend.
+
+    PostgreSQL stores `timestamptz`; SQLite has no time zones, so it stores naive UTC
+    in SQLAlchemy's fixed-width text form, which sorts in time order.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(
+        self, value: datetime | None, dialect: Dialect
+    ) -> datetime | None:
+        if value is None:
+            return None
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(
+        self, value: datetime | None, dialect: Dialect
+    ) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+class LeadBase(SQLModel):
+    name: str | None = Field(default=None, sa_type=String(255))
+    email: str | None = Field(default=None, sa_type=String(254))
+    phone: str | None = Field(default=None, sa_type=String(255))
+    chatflowid: str = Field(sa_type=String(36))
+    chat_id: str = Field(sa_type=String(255))
+
+
+class Lead(LeadBase, table=True):
+    __tablename__ = "lead"
+    # Serves "the leads of a chat flow, oldest first" from the index alone.
+    __table_args__ = (
+        Index("ix_lead_chatflowid_created_date_id", "chatflowid", "created_date", "id"),
+    )
+
+    id: str = Field(primary_key=True, sa_type=String(36))
+    created_date: datetime = Field(sa_type=UTCDateTime, nullable=False)
+
+
+class LeadRow(Protocol):
+    """What a stored lead looks like to the printers: a `Lead` or a Core row."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def name(self) -> str | None: ...
+    @property
+    def email(self) -> str | None: ...
+    @property
+    def phone(self) -> str | None: ...
+    @property
+    def chatflowid(self) -> str: ...
+    @property
+    def chat_id(self) -> str: ...
+    @property
+    def created_date(self) -> datetime: ...
+
+
+def format_datetime(value: datetime) -> str:
+    """UTC with a `Z`; six fractional digits only when the fraction is not zero."""
+    return value.astimezone(UTC).replace(tzinfo=None).isoformat() + "Z"
+
+
+def lead_to_dict(lead: LeadRow) -> dict[str, Any]:
+    """The seven keys of SPEC, in SPEC's order and spelling."""
+    return {
+        "id": lead.id,
+        "name": lead.name,
+        "email": lead.email,
+        "phone": lead.phone,
+        "chatflowid": lead.chatflowid,
+        "chatId": lead.chat_id,
+        "createdDate": format_datetime(lead.created_date),
+    }
+
+
+# Field parsers: each takes the raw JSON / GraphQL value and returns the stored form,
+# or raises ValueError with the message the client sees.
+
+
+def parse_uuid(value: object) -> str:
+    if not isinstance(value, str) or not UUID_RE.fullmatch(value):
+        raise ValueError("must be a UUID (8-4-4-4-12 hexadecimal digits)")
+    return value.lower()
+
+
+def _text(value: object, max_length: int) -> str:
+    if not isinstance(value, str):
+        raise ValueError("must be a string")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("must be valid Unicode text") from None
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    if len(value) > max_length:
+        raise ValueError(f"must be at most {max_length} characters")
+    return value
+
+
+def _blank(value: object) -> bool:
+    return value is None or (isinstance(value, str) and not value.strip())
+
+
+def parse_name(value: object) -> str:
+    return _text(value, 255).strip() if isinstance(value, str) else _text(value, 255)
+
+
+def parse_email(value: object) -> str:
+    email = _text(value.strip() if isinstance(value, str) else value, 254)
+    try:
+        validate_email(email, check_deliverability=False)
+    except EmailNotValidError as exc:
+        raise ValueError(f"must be a valid email address: {exc}") from None
+    return email
+
+
+def parse_phone(value: object) -> str:
+    phone = _text(value.strip() if isinstance(value, str) else value, 255)
+    if not PHONE_RE.fullmatch(phone):
+        raise ValueError(
+            "must be digits with optional formatting (a leading +, spaces, -, (, ), .)"
+        )
+    digits = sum(ch.isdigit() for ch in phone)
+    if not 5 <= digits <= 20:
+        raise ValueError("must have 5 to 20 digits")
+    return phone
+
+
+def parse_chat_id(value: object) -> str:
+    chat_id = _text(value, 255)
+    if not chat_id:
+        raise ValueError("must be 1 to 255 characters")
+    return chat_id
+
+
+def parse_datetime(value: object) -> datetime:
+    message = "must be an ISO 8601 date-time, e.g. 2024-08-24T14:15:22Z"
+    if not isinstance(value, str):
+        raise ValueError(message)
+    match = DATETIME_RE.fullmatch(value)
+    if not match:
+        raise ValueError(message)
+    year, month, day, hour, minute, second, fraction, _z, sign, oh, om = match.groups()
+    try:
+        offset = timedelta(hours=int(oh or 0), minutes=int(om or 0))
+        tz = timezone(-offset if sign == "-" else offset)
+        parsed = datetime(
+            int(year), int(month), int(day), int(hour), int(minute),
+            int(second or 0), int((fraction or "0")[:6].ljust(6, "0")), tzinfo=tz,
+        )  # fmt: skip
+        return parsed.astimezone(UTC)
+    except (ValueError, OverflowError):
+        raise ValueError(f"{message} (this one is out of range)") from None
+
+
+# (wire name, attribute, parser) of each input field; `chatflowid` alone is required.
+INPUT_FIELDS: tuple[tuple[str, str, Callable[[object], Any]], ...] = (
+    ("id", "id", parse_uuid),
+    ("name", "name", parse_name),
+    ("email", "email", parse_email),
+    ("phone", "phone", parse_phone),
+    ("chatflowid", "chatflowid", parse_uuid),
+    ("chatId", "chat_id", parse_chat_id),
+    ("createdDate", "created_date", parse_datetime),
+)
+
+
+class LeadCreate(SQLModel):
+    """A create request after validation: normalised values, `None` where not given."""
+
+    id: str | None = None
+    name: str | None = None
+    email: str | None = None
+    phone: str | None = None
+    chatflowid: str
+    chat_id: str | None = None
+    created_date: datetime | None = None
+
+    @classmethod
+    def parse(cls, data: Mapping[str, Any]) -> LeadCreate:
+        """Validate a JSON object or GraphQL input; raise InvalidInput listing fields.
+
+        `null` is absent; blank `name`/`email`/`phone` is `null`; other keys are
+        ignored (legacy clients send extras).
+        """
+        values: dict[str, Any] = {}
+        errors: list[FieldError] = []
+        for wire, attr, parser in INPUT_FIELDS:
+            raw = data.get(wire)
+            if raw is None or (wire in CONTACT_FIELDS and _blank(raw)):
+                if wire == "chatflowid":
+                    errors.append({"field": wire, "message": "is required"})
+                continue
+            try:
+                values[attr] = parser(raw)
+            except ValueError as exc:
+                errors.append({"field": wire, "message": str(exc)})
+        if all(_blank(data.get(wire)) for wire in CONTACT_FIELDS):
+            errors.extend(
+                {"field": wire, "message": "give at least one of name, email, phone"}
+                for wire in CONTACT_FIELDS
+            )
+        if errors:
+            raise InvalidInput(errors, "The lead is invalid")
+        return cls.model_construct(**values)
+
+    def to_lead(self, now: datetime) -> Lead:
+        """The row to insert: a new id, chat id and time where the request gave none."""
+        return Lead(
+            id=self.id or str(uuid.uuid4()),
+            name=self.name,
+            email=self.email,
+            phone=self.phone,
+            chatflowid=self.chatflowid,
+            chat_id=self.chat_id or str(uuid.uuid4()),
+            created_date=self.created_date or now,
+        )
+
+    def matches(self, stored: LeadRow) -> bool:
+        """A retry: every field this request gives equals the stored value."""
+        return all(
+            getattr(self, attr) is None or getattr(self, attr) == getattr(stored, attr)
+            for _, attr, _ in INPUT_FIELDS
+        )

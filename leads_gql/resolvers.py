@@ -1,0 +1,92 @@
+"""The rules of the service, shared by GraphQL and REST; no transport in sight.
+
+Each resolver checks the token's scope, then its input, then the token's chat
+flows, then touches the database; it raises only `leads_gql.errors`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any, cast
+
+from sqlalchemy import Row, Table, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from leads_gql import db
+from leads_gql.auth import READ, WRITE, Principal
+from leads_gql.errors import Conflict, InvalidArgument
+from leads_gql.models import Lead, LeadCreate, LeadRow, parse_uuid
+
+# Reads go through Core rows (no ORM identity map): the same attributes, less work.
+LEAD = cast(Table, Lead.__table__)
+
+
+def _argument(name: str, value: object) -> str:
+    try:
+        return parse_uuid(value)
+    except ValueError as exc:
+        raise InvalidArgument(
+            [{"field": name, "message": str(exc)}], f"{name} must be a UUID"
+        ) from None
+
+
+async def leads_by_chatflow(
+    *, session: AsyncSession, principal: Principal, chatflowid: object
+) -> Sequence[Row[Any]]:
+    """Every lead of a chat flow, oldest first (`createdDate`, then `id`)."""
+    principal.require(READ)
+    flow = _argument("chatflowid", chatflowid)
+    principal.require_chatflow(flow)
+    result = await session.execute(
+        select(LEAD)
+        .where(LEAD.c.chatflowid == flow)
+        .order_by(LEAD.c.created_date, LEAD.c.id)
+    )
+    return result.all()
+
+
+async def lead(
+    *, session: AsyncSession, principal: Principal, id: object
+) -> Row[Any] | None:
+    """One lead, or None when unknown or outside the token's chat flows."""
+    principal.require(READ)
+    lead_id = _argument("id", id)
+    row = (await session.execute(select(LEAD).where(LEAD.c.id == lead_id))).first()
+    if row is None or not principal.can_access(row.chatflowid):
+        return None
+    return row
+
+
+async def create_lead(
+    *, session: AsyncSession, principal: Principal, data: Mapping[str, Any]
+) -> LeadRow:
+    """Store a lead; the same `id` with the same content returns the stored one.
+
+    The insert comes first and skips an existing id (ON CONFLICT DO NOTHING), so
+    concurrent creates of one id store one row and never fail on the key.
+    """
+    principal.require(WRITE)
+    request = LeadCreate.parse(data)
+    principal.require_chatflow(request.chatflowid)
+    new = request.to_lead(now=datetime.now(UTC))
+    dialect = sqlite if session.get_bind().dialect.name == "sqlite" else postgresql
+    statement = (
+        dialect.insert(LEAD)
+        .values(new.model_dump())
+        .on_conflict_do_nothing(index_elements=["id"])
+    )
+    async with db.writing(session):
+        inserted = (await session.execute(statement)).rowcount == 1  # type: ignore[attr-defined]
+        stored = None
+        if not inserted:
+            stored = (
+                await session.execute(select(LEAD).where(LEAD.c.id == new.id))
+            ).one()
+        await session.commit()
+    if stored is None:
+        return new
+    if not request.matches(stored):
+        raise Conflict()
+    return stored

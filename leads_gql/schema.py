@@ -1,0 +1,227 @@
+"""The GraphQL schema (Strawberry): types, fields over the shared resolvers, limits."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from typing import Any
+
+import strawberry
+from graphql import GraphQLError, ValueNode, value_from_ast_untyped
+from sqlalchemy.ext.asyncio import AsyncEngine
+from strawberry.extensions import (
+    DisableIntrospection,
+    MaxAliasesLimiter,
+    MaxTokensLimiter,
+    ParserCache,
+    QueryDepthLimiter,
+    SchemaExtension,
+    ValidationCache,
+)
+from strawberry.schema.config import StrawberryConfig
+from strawberry.types import ExecutionContext, Info
+
+from leads_gql import resolvers
+from leads_gql.auth import Principal
+from leads_gql.db import session_scope
+from leads_gql.errors import InvalidInput, LeadsError
+from leads_gql.models import LeadRow, format_datetime
+
+logger = logging.getLogger("leads_gql.graphql")
+
+# Document limits. GraphiQL's own schema query is 13 levels deep and ~400 tokens.
+MAX_DEPTH = 15
+MAX_ALIASES = 50
+MAX_TOKENS = 2000
+
+
+@dataclasses.dataclass(slots=True)
+class Context:
+    principal: Principal
+    engine: AsyncEngine
+
+
+def _parse_literal(node: ValueNode, variables: dict[str, Any] | None = None) -> Any:
+    return value_from_ast_untyped(node, variables)
+
+
+# Inputs pass through untouched so that the shared resolver validates them and
+# answers BAD_USER_INPUT naming `createdDate`, exactly as REST answers 422.
+DateTime = strawberry.scalar(
+    name="DateTime",
+    description="An instant: ISO 8601 in, UTC with a `Z` out "
+    "(e.g. 2024-08-24T14:15:22Z).",
+    serialize=format_datetime,
+    parse_value=lambda value: value,
+    parse_literal=_parse_literal,
+)
+
+
+@strawberry.type(description="A visitor's contact details, captured by a chat flow.")
+class Lead:
+    id: strawberry.ID
+    name: str | None
+    email: str | None
+    phone: str | None
+    chatflowid: strawberry.ID
+    chat_id: str
+    created_date: datetime
+
+    @classmethod
+    def from_row(cls, row: LeadRow) -> Lead:
+        return cls(
+            id=strawberry.ID(row.id),
+            name=row.name,
+            email=row.email,
+            phone=row.phone,
+            chatflowid=strawberry.ID(row.chatflowid),
+            chat_id=row.chat_id,
+            created_date=row.created_date,
+        )
+
+
+@strawberry.input(description="A lead to create; `null` is the same as absent.")
+class LeadInput:
+    id: strawberry.ID | None = strawberry.UNSET
+    name: str | None = strawberry.UNSET
+    email: str | None = strawberry.UNSET
+    phone: str | None = strawberry.UNSET
+    chatflowid: strawberry.ID
+    chat_id: str | None = strawberry.UNSET
+    created_date: datetime | None = strawberry.UNSET
+
+    def to_data(self) -> dict[str, Any]:
+        """The input as REST's JSON object would carry it."""
+        return {
+            "id": self.id,
+            "name": self.name,
+            "email": self.email,
+            "phone": self.phone,
+            "chatflowid": self.chatflowid,
+            "chatId": self.chat_id,
+            "createdDate": self.created_date,
+        }
+
+
+@strawberry.type
+class Query:
+    @strawberry.field(description="Every lead of a chat flow, oldest first.")
+    async def leads_by_chatflow(
+        self, info: Info[Context, None], chatflowid: strawberry.ID
+    ) -> list[Lead]:
+        async with session_scope(info.context.engine) as session:
+            rows = await resolvers.leads_by_chatflow(
+                session=session, principal=info.context.principal, chatflowid=chatflowid
+            )
+        return [Lead.from_row(row) for row in rows]
+
+    @strawberry.field(description="One lead by id; null when unknown or not yours.")
+    async def lead(self, info: Info[Context, None], id: strawberry.ID) -> Lead | None:
+        async with session_scope(info.context.engine) as session:
+            row = await resolvers.lead(
+                session=session, principal=info.context.principal, id=id
+            )
+        return None if row is None else Lead.from_row(row)
+
+
+@strawberry.type
+class Mutation:
+    @strawberry.mutation(
+        description="Store a lead. The same id with the same content returns the "
+        "stored lead (a safe retry); with other content it is a CONFLICT."
+    )
+    async def create_lead(self, info: Info[Context, None], input: LeadInput) -> Lead:
+        data = {k: v for k, v in input.to_data().items() if v is not strawberry.UNSET}
+        async with session_scope(info.context.engine) as session:
+            row = await resolvers.create_lead(
+                session=session, principal=info.context.principal, data=data
+            )
+        return Lead.from_row(row)
+
+
+INTERNAL = "Internal server error"
+
+
+class ErrorCodes(SchemaExtension):
+    """Gives every error an `extensions.code` and masks the unexpected ones.
+
+    Service errors keep their message and code (with the field list for
+    BAD_USER_INPUT); GraphQL's own parse and validation errors keep theirs; any
+    other exception becomes a bare INTERNAL_SERVER_ERROR.
+    """
+
+    def on_operation(self) -> Iterator[None]:
+        self.stage = "GRAPHQL_PARSE_FAILED"
+        yield
+        result = self.execution_context.result
+        if result is not None and result.errors:
+            result.errors = [self._coded(error) for error in result.errors]
+
+    def on_validate(self) -> Iterator[None]:
+        self.stage = "GRAPHQL_VALIDATION_FAILED"
+        yield
+        # After validation, a pathless error is a variable that failed coercion.
+        self.stage = "BAD_USER_INPUT"
+
+    def _coded(self, error: GraphQLError) -> GraphQLError:
+        original = error.original_error
+        extensions: dict[str, Any]
+        if isinstance(original, LeadsError):
+            message, extensions = original.message, {"code": original.code}
+            if isinstance(original, InvalidInput):
+                extensions["errors"] = original.errors
+        elif original is None and error.path is None:
+            message, extensions = error.message, {"code": self.stage}
+        else:
+            message, extensions = INTERNAL, {"code": "INTERNAL_SERVER_ERROR"}
+        return GraphQLError(
+            message,
+            nodes=error.nodes,
+            source=error.source,
+            positions=error.positions,
+            path=error.path,
+            original_error=original,
+            extensions=extensions,
+        )
+
+
+class LeadsSchema(strawberry.Schema):
+    def process_errors(
+        self,
+        errors: list[GraphQLError],
+        execution_context: ExecutionContext | None = None,
+    ) -> None:
+        # Expected errors are answers, not incidents; log only the unexpected,
+        # by type and path (never the variables: they hold contact data).
+        for error in errors:
+            original = error.original_error
+            if original is not None and not isinstance(original, LeadsError):
+                logger.error(
+                    "GraphQL resolver failed at %s",
+                    error.path,
+                    exc_info=(type(original), original, original.__traceback__),
+                )
+
+
+def make_schema(*, introspection: bool = True) -> strawberry.Schema:
+    extensions: list[type[SchemaExtension] | Callable[[], SchemaExtension]] = [
+        lambda: MaxTokensLimiter(max_token_count=MAX_TOKENS),
+        lambda: MaxAliasesLimiter(max_alias_count=MAX_ALIASES),
+        lambda: QueryDepthLimiter(max_depth=MAX_DEPTH),
+        lambda: ParserCache(maxsize=256),
+        lambda: ValidationCache(maxsize=256),
+        ErrorCodes,
+    ]
+    if not introspection:
+        extensions.append(DisableIntrospection)
+    return LeadsSchema(
+        query=Query,
+        mutation=Mutation,
+        extensions=extensions,
+        config=StrawberryConfig(scalar_map={datetime: DateTime}),
+    )
+
+
+schema = make_schema()

@@ -98,7 +98,7 @@ class TokenVerifier:
             alg = jwt.get_unverified_header(token).get("alg")
             if not isinstance(alg, str) or alg not in self.algorithms:
                 raise Unauthenticated("The token's algorithm is not allowed")
-            key = self.secret if alg in HMAC_ALGORITHMS else self.public_key
+            key: Any = self.secret if alg in HMAC_ALGORITHMS else self.public_key
             claims = jwt.decode(
                 token,
                 key,

@@ -1,0 +1,111 @@
+"""The `leads-gql` command as a new user runs it: real processes, real HTTP."""
+
+from __future__ import annotations
+
+import stat
+import uuid
+from pathlib import Path
+
+import httpx
+import jwt
+import pytest
+
+from tests.server import Server, cli_env, run_cli
+
+pytestmark = pytest.mark.slow
+
+
+def test_serve_with_development_secret_end_to_end(tmp_path: Path) -> None:
+    env = cli_env()
+    flow = str(uuid.uuid4())
+    with Server(tmp_path, env) as server:
+        secret_file = tmp_path / ".leads-gql-secret"
+        assert stat.S_IMODE(secret_file.stat().st_mode) == 0o600
+        assert "leads-gql token" in server.output()
+        token = run_cli(
+            "token", "--scope", "leads:read leads:write", cwd=tmp_path, env=env
+        )
+        assert token.returncode == 0, token.stderr
+        assert token.stdout.count("\n") == 1 and token.stdout.count(".") == 2
+        headers = {"Authorization": f"Bearer {token.stdout.strip()}"}
+
+        created = httpx.post(
+            f"{server.url}/api/v1/leads/",
+            json={"chatflowid": flow, "email": "ada@example.com"},
+            headers=headers,
+        )
+        assert created.status_code == 200, created.text
+        listed = httpx.post(
+            f"{server.url}/graphql",
+            json={
+                "query": "query($f: ID!) { leadsByChatflow(chatflowid: $f) "
+                "{ id name email phone chatflowid chatId createdDate } }",
+                "variables": {"f": flow},
+            },
+            headers=headers,
+        )
+        assert listed.json() == {"data": {"leadsByChatflow": [created.json()]}}
+        assert httpx.get(f"{server.url}/leads/{flow}").status_code == 401
+        assert server.output().count("ada@example.com") == 0
+        secret = secret_file.read_text()
+
+    # A restart reuses the secret, so the old token still works.
+    with Server(tmp_path, env) as server:
+        assert secret_file.read_text() == secret
+        again = httpx.get(f"{server.url}/leads/{flow}", headers=headers)
+        assert again.json() == [created.json()]
+    assert (tmp_path / "leads.db").exists()
+
+
+def test_token_options_and_configured_claims(tmp_path: Path) -> None:
+    env = cli_env(
+        LEADS_JWT_SECRET="s" * 40, LEADS_JWT_ISSUER="iss-x", LEADS_JWT_AUDIENCE="aud-y"
+    )
+    flow = str(uuid.uuid4()).upper()
+    out = run_cli(
+        "token", "--scope", "leads:write", "--chatflow", flow, "--ttl", "60",
+        "--sub", "widget", cwd=tmp_path, env=env,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    claims = jwt.decode(
+        out.stdout.strip(), "s" * 40, algorithms=["HS256"], audience="aud-y"
+    )
+    assert claims["sub"] == "widget"
+    assert claims["scope"] == "leads:write"
+    assert claims["chatflows"] == [flow.lower()]
+    assert claims["iss"] == "iss-x"
+    assert claims["exp"] - claims["iat"] == 60
+    assert not (tmp_path / ".leads-gql-secret").exists()
+
+
+def test_token_refuses_bad_arguments(tmp_path: Path) -> None:
+    env = cli_env(LEADS_JWT_SECRET="s" * 40)
+    assert run_cli("token", "--chatflow", "nope", cwd=tmp_path, env=env).returncode != 0
+    assert run_cli("token", "--ttl", "-5", cwd=tmp_path, env=env).returncode != 0
+
+
+def test_bad_configuration_fails_naming_the_variable(tmp_path: Path) -> None:
+    env = cli_env(LEADS_DATABASE_URL="mysql://nope", LEADS_JWT_SECRET="s" * 40)
+    out = run_cli("serve", cwd=tmp_path, env=env)
+    assert out.returncode == 2
+    assert "LEADS_DATABASE_URL" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_no_migrate_refuses_a_schema_that_is_behind(tmp_path: Path) -> None:
+    env = cli_env(LEADS_DATABASE_URL=f"sqlite:///{tmp_path}/fresh.db")
+    out = run_cli("serve", "--no-migrate", cwd=tmp_path, env=env)
+    assert out.returncode == 1
+    assert "leads-gql migrate" in out.stderr
+    assert "Traceback" not in out.stderr
+
+    migrated = run_cli("migrate", cwd=tmp_path, env=env)
+    assert migrated.returncode == 0, migrated.stderr
+    with Server(tmp_path, env, "--no-migrate") as server:
+        assert httpx.get(f"{server.url}/readyz").status_code == 200
+
+
+def test_python_dash_m_and_export_schema(tmp_path: Path) -> None:
+    out = run_cli("export-schema", cwd=tmp_path, env=cli_env())
+    assert out.returncode == 0
+    assert "leadsByChatflow(chatflowid: ID!): [Lead!]!" in out.stdout

@@ -1,0 +1,135 @@
+"""The database layer: migrations (no drift, idempotent, once under concurrency),
+SQLite set-up, and the chat-flow index."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlmodel import SQLModel
+
+from leads_gql import db
+from leads_gql.config import Settings
+from leads_gql.models import Lead
+from tests.conftest import PG_ADMIN_URL, PG_SKIP, _pg_admin, pg_url_for
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
+    engine = db.make_engine(Settings(database_url=database_url))
+    await db.migrate(engine)
+    yield engine
+    await engine.dispose()
+
+
+async def test_migrations_build_exactly_the_models(engine: AsyncEngine) -> None:
+    async with engine.connect() as conn:
+        diff = await conn.run_sync(
+            lambda sync: compare_metadata(
+                MigrationContext.configure(sync), SQLModel.metadata
+            )
+        )
+    assert diff == []
+    assert await db.current_revision(engine) == db.head_revision()
+    await db.check_schema(engine)
+
+
+async def test_migrating_again_keeps_the_leads(engine: AsyncEngine) -> None:
+    flow = str(uuid.uuid4())
+    start = datetime(2024, 8, 24, 14, 15, 22, 5, tzinfo=UTC)
+    async with db.session_scope(engine) as session:
+        for i in range(3):
+            session.add(
+                Lead(
+                    id=str(uuid.uuid4()),
+                    name=f"lead {i}",
+                    chatflowid=flow,
+                    chat_id="c",
+                    created_date=start + timedelta(seconds=i),
+                )
+            )
+        await session.commit()
+    await db.migrate(engine)
+    async with engine.connect() as conn:
+        rows = (
+            await conn.execute(
+                text("SELECT name FROM lead WHERE chatflowid = :f ORDER BY name"),
+                {"f": flow},
+            )
+        ).all()
+    assert [r.name for r in rows] == ["lead 0", "lead 1", "lead 2"]
+
+
+async def test_the_flow_query_uses_the_index(engine: AsyncEngine) -> None:
+    query = "SELECT * FROM lead WHERE chatflowid = 'x' ORDER BY created_date, id"
+    async with engine.connect() as conn:
+        if engine.dialect.name == "sqlite":
+            plan = " ".join(
+                str(row[-1])
+                for row in await conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {query}")
+            )
+            assert "ix_lead_chatflowid_created_date_id" in plan
+            assert "SCAN lead" not in plan and "TEMP B-TREE" not in plan
+        else:
+            await conn.exec_driver_sql("SET enable_seqscan = off")
+            plan = " ".join(
+                str(row[0]) for row in await conn.exec_driver_sql(f"EXPLAIN {query}")
+            )
+            assert "ix_lead_chatflowid_created_date_id" in plan
+            assert "Sort" not in plan
+
+
+async def test_sqlite_runs_in_wal_mode_with_a_busy_timeout(tmp_path: object) -> None:
+    engine = db.make_engine(
+        Settings(database_url=f"sqlite+aiosqlite:///{tmp_path}/w.db")
+    )
+    try:
+        async with engine.connect() as conn:
+            mode = (await conn.exec_driver_sql("PRAGMA journal_mode")).scalar()
+            busy = (await conn.exec_driver_sql("PRAGMA busy_timeout")).scalar()
+            sync = (await conn.exec_driver_sql("PRAGMA synchronous")).scalar()
+        assert (mode, busy, sync) == ("wal", 30000, 2)
+    finally:
+        await engine.dispose()
+
+
+async def test_a_database_that_is_behind_is_reported(tmp_path: object) -> None:
+    engine = db.make_engine(
+        Settings(database_url=f"sqlite+aiosqlite:///{tmp_path}/e.db")
+    )
+    try:
+        with pytest.raises(db.SchemaBehind, match="leads-gql migrate"):
+            await db.check_schema(engine)
+    finally:
+        await engine.dispose()
+
+
+@pytest.mark.postgres
+async def test_instances_starting_together_migrate_once() -> None:
+    if not PG_ADMIN_URL:
+        pytest.skip(PG_SKIP)
+    name = f"leads_test_{uuid.uuid4().hex[:12]}"
+    await _pg_admin(f'CREATE DATABASE "{name}"')
+    engines = [
+        db.make_engine(Settings(database_url=pg_url_for(name))) for _ in range(4)
+    ]
+    try:
+        await asyncio.gather(*(db.migrate(e) for e in engines))
+        async with engines[0].connect() as conn:
+            versions = (
+                await conn.exec_driver_sql("SELECT version_num FROM alembic_version")
+            ).all()
+        assert [v[0] for v in versions] == [db.head_revision()]
+    finally:
+        for engine in engines:
+            await engine.dispose()
+        await _pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

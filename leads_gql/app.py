@@ -27,6 +27,7 @@ from leads_gql.graphql_http import GRAPHIQL_HTML, GraphQLEndpoint
 from leads_gql.openapi import document
 from leads_gql.rest import JSONResponse
 from leads_gql.schema import make_schema
+from leads_gql.telemetry import Telemetry, metrics
 
 logger = logging.getLogger("leads_gql")
 
@@ -56,7 +57,8 @@ class TrailingSlash:
         if scope["type"] == "http":
             path = scope["path"]
             if len(path) > 1 and path.endswith("/"):
-                scope = {**scope, "path": path.rstrip("/") or "/"}
+                # In place: the telemetry outside reads the matched route from scope.
+                scope["path"] = path.rstrip("/") or "/"
         await self.app(scope, receive, send)
 
 
@@ -110,11 +112,6 @@ async def http_error(request: Request, exc: Exception) -> Response:
     )
 
 
-async def server_error(request: Request, exc: Exception) -> Response:
-    # The client learns nothing of the internals; the log has the traceback.
-    return JSONResponse(error_body(500, "Internal server error"), 500)
-
-
 async def healthz(request: Request) -> Response:
     return JSONResponse({"status": "ok"})
 
@@ -155,7 +152,13 @@ def create_app(settings: Settings | None = None) -> Starlette:
         finally:
             await engine.dispose()
 
-    middleware = [Middleware(SecurityHeaders), Middleware(TrailingSlash)]
+    # Outermost first: headers on every response, 500s included (Telemetry answers
+    # them itself), then telemetry, then path normalisation and CORS.
+    middleware = [
+        Middleware(SecurityHeaders),
+        Middleware(Telemetry),
+        Middleware(TrailingSlash),
+    ]
     if settings.cors_origins:
         middleware.append(
             Middleware(
@@ -171,6 +174,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
             Route("/openapi.json", openapi_json, methods=["GET"]),
+            Route("/metrics", metrics, methods=["GET"]),
             Route("/graphql", graphql.__call__, methods=["GET", "POST"]),
             *rest.routes,
             Mount("/api/v1", routes=rest.routes),
@@ -179,7 +183,6 @@ def create_app(settings: Settings | None = None) -> Starlette:
         exception_handlers={
             LeadsError: leads_error,
             HTTPException: http_error,
-            Exception: server_error,
         },
         lifespan=lifespan,
     )

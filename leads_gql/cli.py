@@ -48,6 +48,7 @@ def serve(args: argparse.Namespace) -> int:
 
     from leads_gql import db
     from leads_gql.app import create_app
+    from leads_gql.telemetry import log_config
 
     settings = _settings_with_secret(announce=True)
     try:
@@ -68,7 +69,8 @@ def serve(args: argparse.Namespace) -> int:
         host=args.host,
         port=args.port,
         log_level=args.log_level,
-        # The access log would print query strings; requests are logged by the app.
+        log_config=log_config(args.log_level),
+        # uvicorn's access log prints query strings; the app logs requests as JSON.
         access_log=False,
         server_header=False,
         timeout_graceful_shutdown=20,

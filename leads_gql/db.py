@@ -33,6 +33,7 @@ def make_engine(settings: Settings) -> AsyncEngine:
     if url.startswith("sqlite"):
         engine = create_async_engine(
             url,
+            hide_parameters=True,
             # The driver's busy timeout (seconds); writers also queue on a lock.
             connect_args={"timeout": 30},
         )
@@ -40,6 +41,8 @@ def make_engine(settings: Settings) -> AsyncEngine:
         return engine
     return create_async_engine(
         url,
+        # Parameters are contact data: keep them out of error messages and logs.
+        hide_parameters=True,
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_max_overflow,
         pool_timeout=settings.db_pool_timeout,

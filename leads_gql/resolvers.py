@@ -18,6 +18,7 @@ from leads_gql import db
 from leads_gql.auth import READ, WRITE, Principal
 from leads_gql.errors import Conflict, InvalidArgument
 from leads_gql.models import Lead, LeadCreate, LeadRow, parse_uuid
+from leads_gql.telemetry import LEADS_CREATED
 
 # Reads go through Core rows (no ORM identity map): the same attributes, less work.
 LEAD: Table = Lead.metadata.tables["lead"]
@@ -86,6 +87,7 @@ async def create_lead(
             ).one()
         await session.commit()
     if stored is None:
+        LEADS_CREATED.inc()
         return new
     if not request.matches(stored):
         raise Conflict()

@@ -33,7 +33,6 @@ from leads_gql.errors import (
     ServiceUnavailable,
 )
 from leads_gql.schema import Context
-from leads_gql.telemetry import GRAPHQL_OPERATIONS, operation_label
 
 GRAPHQL_RESPONSE = "application/graphql-response+json"
 MAX_BATCH = 10
@@ -128,7 +127,6 @@ class GraphQLEndpoint:
     ) -> tuple[ExecutionResult, bool]:
         """Execute one operation; also say whether it failed before executing."""
         query, variables, operation_name = operation
-        label = operation_label(operation_name)
         try:
             result = await self.schema.execute(
                 query,
@@ -149,8 +147,6 @@ class GraphQLEndpoint:
         request_error = result.data is None and all(
             error.path is None for error in result.errors or ()
         )
-        outcome = "refused" if request_error else "error" if result.errors else "ok"
-        GRAPHQL_OPERATIONS.labels(label, outcome).inc()
         return result, request_error
 
 

@@ -28,6 +28,7 @@ from leads_gql.auth import Principal
 from leads_gql.db import session_scope
 from leads_gql.errors import InvalidInput, LeadsError
 from leads_gql.models import LeadRow, format_datetime
+from leads_gql.telemetry import GRAPHQL_OPERATIONS, operation_label
 
 logger = logging.getLogger("leads_gql.graphql")
 
@@ -155,9 +156,18 @@ class ErrorCodes(SchemaExtension):
     def on_operation(self) -> Iterator[None]:
         self.stage = "GRAPHQL_PARSE_FAILED"
         yield
-        result = self.execution_context.result
+        context = self.execution_context
+        result = context.result
         if result is not None and result.errors:
             result.errors = [self._coded(error) for error in result.errors]
+        outcome = "ok"
+        if result is None or result.errors:
+            outcome = "error" if self.stage == "BAD_USER_INPUT" else "refused"
+        try:
+            name = context.operation_name
+        except Exception:  # an unparsable document has no name
+            name = None
+        GRAPHQL_OPERATIONS.labels(operation_label(name), outcome).inc()
 
     def on_validate(self) -> Iterator[None]:
         self.stage = "GRAPHQL_VALIDATION_FAILED"

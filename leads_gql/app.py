@@ -13,7 +13,6 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Mount, Route
@@ -22,8 +21,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from leads_gql import __version__, db, rest
 from leads_gql.auth import TokenVerifier
 from leads_gql.config import Settings
+from leads_gql.cors import CORS
 from leads_gql.errors import InvalidInput, LeadsError, RateLimited, ServiceUnavailable
 from leads_gql.graphql_http import GRAPHIQL_HTML, GraphQLEndpoint
+from leads_gql.limits import WriteLimits
 from leads_gql.openapi import document
 from leads_gql.rest import JSONResponse
 from leads_gql.schema import make_schema
@@ -154,19 +155,18 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
     # Outermost first: headers on every response, 500s included (Telemetry answers
     # them itself), then telemetry, then path normalisation and CORS.
+    public_origins = frozenset(
+        origin for origins in settings.public_flows.values() for origin in origins
+    )
     middleware = [
         Middleware(SecurityHeaders),
         Middleware(Telemetry),
         Middleware(TrailingSlash),
     ]
-    if settings.cors_origins:
+    if settings.cors_origins or public_origins:
         middleware.append(
             Middleware(
-                CORSMiddleware,
-                allow_origins=list(settings.cors_origins),
-                allow_methods=["GET", "POST"],
-                allow_headers=["Authorization", "Content-Type"],
-                max_age=600,
+                CORS, origins=settings.cors_origins, public_origins=public_origins
             )
         )
     app = Starlette(
@@ -187,5 +187,10 @@ def create_app(settings: Settings | None = None) -> Starlette:
         lifespan=lifespan,
     )
     app.state.verifier = verifier
+    app.state.limits = WriteLimits(
+        per_subject=settings.rate_limit_writes,
+        per_address=settings.rate_limit_writes_per_address,
+        public=settings.public_rate_limit,
+    )
     app.state.settings = settings
     return app

@@ -31,6 +31,10 @@ class Principal:
     scopes: frozenset[str]
     # None: every chat flow; otherwise lower-case ids (an empty set grants nothing).
     chatflows: frozenset[str] | None = None
+    # The client's address, for per-address write limits.
+    address: str = ""
+    # A visitor of a public chat widget: no token, write-only, always rate-limited.
+    public: bool = False
 
     def require(self, scope: str) -> None:
         if scope not in self.scopes:
@@ -71,8 +75,12 @@ class TokenVerifier:
         self.audience = settings.jwt_audience
         self._cache: dict[str, tuple[Principal, float]] = {}
 
-    def authenticate(self, authorization: str | None) -> Principal:
+    def authenticate(self, authorization: str | None, address: str = "") -> Principal:
         """The principal of an `Authorization` header value, or Unauthenticated."""
+        principal = self._authenticate(authorization)
+        return dataclasses.replace(principal, address=address) if address else principal
+
+    def _authenticate(self, authorization: str | None) -> Principal:
         if not authorization:
             raise Unauthenticated("Missing bearer token")
         scheme, _, token = authorization.partition(" ")
@@ -132,6 +140,25 @@ def _principal(claims: dict[str, Any]) -> Principal:
         chatflows=None
         if chatflows is None
         else frozenset(c.lower() for c in chatflows),
+    )
+
+
+def public_principal(
+    public_flows: dict[str, tuple[str, ...]], origin: str | None, address: str
+) -> Principal | None:
+    """A tokenless visitor posting from a page whose origin a public flow allows."""
+    if not origin:
+        return None
+    origin = origin.lower()
+    flows = frozenset(f for f, origins in public_flows.items() if origin in origins)
+    if not flows:
+        return None
+    return Principal(
+        sub=f"public:{address}",
+        scopes=frozenset({WRITE}),
+        chatflows=flows,
+        address=address,
+        public=True,
     )
 
 

@@ -7,9 +7,13 @@ can pass a mapping of their own. A bad value fails at start, naming its variable
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
+
+from leads_gql.limits import Rate
 
 PREFIX = "LEADS_"
 MAX_BODY_BYTES = 64 * 1024
@@ -90,6 +94,43 @@ def _public_key(raw: str) -> str:
     raise ConfigError("LEADS_JWT_PUBLIC_KEY must be a PEM public key (or a file path)")
 
 
+def _rate(name: str, raw: str) -> Rate:
+    try:
+        return Rate.parse(name, raw)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+_ORIGIN = re.compile(r"https?://[A-Za-z0-9.-]+(:\d{1,5})?")
+_FLOW = re.compile(r"[0-9a-fA-F]{8}(-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}")
+
+
+def _public_flows(raw: str) -> dict[str, tuple[str, ...]]:
+    """JSON: {"<chat flow id>": ["https://shop.example", ...], ...}."""
+    name = PREFIX + "PUBLIC_FLOWS"
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        raise ConfigError(
+            f"{name} must be a JSON object of flow id -> origins"
+        ) from None
+    if not isinstance(value, dict):
+        raise ConfigError(f"{name} must be a JSON object of flow id -> origins")
+    flows: dict[str, tuple[str, ...]] = {}
+    for flow, origins in value.items():
+        if not _FLOW.fullmatch(flow):
+            raise ConfigError(f"{name}: {flow!r} is not a chat flow id (a UUID)")
+        if not isinstance(origins, list) or not all(
+            isinstance(o, str) and _ORIGIN.fullmatch(o) for o in origins
+        ):
+            raise ConfigError(
+                f"{name}: the origins of {flow} must be a list like "
+                '["https://shop.example"]'
+            )
+        flows[flow.lower()] = tuple(o.lower() for o in origins)
+    return flows
+
+
 @dataclasses.dataclass(frozen=True)
 class Settings:
     database_url: str = "sqlite+aiosqlite:///leads.db"
@@ -108,6 +149,13 @@ class Settings:
     graphiql: bool = True
     introspection: bool = True
     cors_origins: tuple[str, ...] = ()
+    # Write limits for token holders: off unless the operator sets them.
+    rate_limit_writes: Rate | None = None
+    rate_limit_writes_per_address: Rate | None = None
+    # Public capture: chat flow id -> origins allowed to create leads without a
+    # token (Flowise's embed), limited per client address.
+    public_flows: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
+    public_rate_limit: Rate = Rate(10, 60.0)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -144,6 +192,15 @@ class Settings:
             fields["introspection"] = _bool(PREFIX + "INTROSPECTION", raw)
         if (raw := get("CORS_ORIGINS")) is not None:
             fields["cors_origins"] = _list(raw)
+        for key, name in (
+            ("rate_limit_writes", "RATE_LIMIT_WRITES"),
+            ("rate_limit_writes_per_address", "RATE_LIMIT_WRITES_PER_ADDRESS"),
+            ("public_rate_limit", "PUBLIC_RATE_LIMIT"),
+        ):
+            if (raw := get(name)) is not None:
+                fields[key] = _rate(PREFIX + name, raw)
+        if (raw := get("PUBLIC_FLOWS")) is not None:
+            fields["public_flows"] = _public_flows(raw)
         settings = cls(**fields)  # type: ignore[arg-type]
         settings.check_algorithms()
         return settings

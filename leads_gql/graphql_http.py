@@ -88,7 +88,8 @@ class GraphQLEndpoint:
             return HTMLResponse(GRAPHIQL_HTML)
         # The token comes before the body: no token, 401, whatever the body.
         principal = request.app.state.verifier.authenticate(
-            request.headers.get("authorization")
+            request.headers.get("authorization"),
+            request.client.host if request.client else "",
         )
         allowed = {OperationType.QUERY}
         if request.method == "GET":
@@ -101,7 +102,11 @@ class GraphQLEndpoint:
             payload = await read_json(request)
             allowed.add(OperationType.MUTATION)
 
-        context = Context(principal=principal, engine=request.app.state.engine)
+        context = Context(
+            principal=principal,
+            engine=request.app.state.engine,
+            limits=request.app.state.limits,
+        )
         strict = _accepts_graphql_response(request)
         if isinstance(payload, list):
             if not 1 <= len(payload) <= MAX_BATCH:

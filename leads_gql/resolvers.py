@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from leads_gql import db
 from leads_gql.auth import READ, WRITE, Principal
 from leads_gql.errors import Conflict, InvalidArgument
+from leads_gql.limits import WriteLimits
 from leads_gql.models import Lead, LeadCreate, LeadRow, parse_uuid
 from leads_gql.telemetry import LEADS_CREATED
 
@@ -61,7 +62,11 @@ async def lead(
 
 
 async def create_lead(
-    *, session: AsyncSession, principal: Principal, data: Mapping[str, Any]
+    *,
+    session: AsyncSession,
+    principal: Principal,
+    data: Mapping[str, Any],
+    limits: WriteLimits | None = None,
 ) -> LeadRow:
     """Store a lead; the same `id` with the same content returns the stored one.
 
@@ -69,6 +74,10 @@ async def create_lead(
     concurrent creates of one id store one row and never fail on the key.
     """
     principal.require(WRITE)
+    if limits is not None:
+        limits.check(
+            subject=principal.sub, address=principal.address, public=principal.public
+        )
     request = LeadCreate.parse(data)
     principal.require_chatflow(request.chatflowid)
     new = request.to_lead(now=datetime.now(UTC))

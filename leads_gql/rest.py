@@ -13,7 +13,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from leads_gql import resolvers
-from leads_gql.auth import WRITE, Principal
+from leads_gql.auth import WRITE, Principal, public_principal
 from leads_gql.bodies import read_json
 from leads_gql.db import session_scope
 from leads_gql.errors import BadRequest, NotFound
@@ -27,9 +27,13 @@ class JSONResponse(Response):
         return orjson.dumps(content)
 
 
+def client_address(request: Request) -> str:
+    return request.client.host if request.client else ""
+
+
 def principal(request: Request) -> Principal:
     return request.app.state.verifier.authenticate(  # type: ignore[no-any-return]
-        request.headers.get("authorization")
+        request.headers.get("authorization"), client_address(request)
     )
 
 
@@ -46,8 +50,19 @@ async def get_leads(request: Request) -> Response:
 
 
 async def create_lead(request: Request) -> Response:
-    """POST /leads: store a lead (a retry with the same id and content is safe)."""
-    caller = principal(request)
+    """POST /leads: store a lead (a retry with the same id and content is safe).
+
+    Without a token, a visitor of a public chat flow's page (its Origin allowed
+    by LEADS_PUBLIC_FLOWS) may create leads in that flow, and nothing else.
+    """
+    caller = None
+    if "authorization" not in request.headers:
+        caller = public_principal(
+            request.app.state.settings.public_flows,
+            request.headers.get("origin"),
+            client_address(request),
+        )
+    caller = caller or principal(request)
     # SPEC orders the checks: token, scope, then the body; the resolver checks the
     # scope again, as it must for GraphQL.
     caller.require(WRITE)
@@ -55,7 +70,12 @@ async def create_lead(request: Request) -> Response:
     if not isinstance(data, dict):
         raise BadRequest("The body must be a JSON object")
     async with session_scope(request.app.state.engine) as session:
-        lead = await resolvers.create_lead(session=session, principal=caller, data=data)
+        lead = await resolvers.create_lead(
+            session=session,
+            principal=caller,
+            data=data,
+            limits=request.app.state.limits,
+        )
     return JSONResponse(lead_to_dict(lead))
 
 

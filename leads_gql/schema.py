@@ -27,6 +27,7 @@ from leads_gql import resolvers
 from leads_gql.auth import Principal
 from leads_gql.db import session_scope
 from leads_gql.errors import InvalidInput, LeadsError
+from leads_gql.limits import WriteLimits
 from leads_gql.models import LeadRow, format_datetime
 from leads_gql.telemetry import GRAPHQL_OPERATIONS, operation_label
 
@@ -42,6 +43,7 @@ MAX_TOKENS = 2000
 class Context:
     principal: Principal
     engine: AsyncEngine
+    limits: WriteLimits | None = None
 
 
 def _parse_literal(node: ValueNode, variables: dict[str, Any] | None = None) -> Any:
@@ -137,7 +139,10 @@ class Mutation:
         data = {k: v for k, v in input.to_data().items() if v is not strawberry.UNSET}
         async with session_scope(info.context.engine) as session:
             row = await resolvers.create_lead(
-                session=session, principal=info.context.principal, data=data
+                session=session,
+                principal=info.context.principal,
+                data=data,
+                limits=info.context.limits,
             )
         return Lead.from_row(row)
 

@@ -1,0 +1,163 @@
+"""Chat widgets as they are: Flowise's embed posts leads with no token, from the
+visitor's browser on the site's origin. Only flows the operator opts in accept it."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+
+from leads_gql.app import create_app
+from leads_gql.config import Settings
+from leads_gql.limits import Rate
+from tests.conftest import new_id
+
+pytestmark = pytest.mark.anyio
+
+SITE = "https://shop.example"
+FLOW = "3fa85f64-5717-4562-b3fc-2c963f66afa6"
+
+
+@pytest.fixture
+async def public(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    app = create_app(
+        dataclasses.replace(
+            settings,
+            public_flows={FLOW: (SITE,)},
+            public_rate_limit=Rate(5, 60),
+            cors_origins=("https://admin.example",),
+        )
+    )
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+            yield c
+
+
+def embed_lead(flow: str = FLOW) -> dict[str, str]:
+    return {
+        "chatflowid": flow,
+        "chatId": new_id(),
+        "name": "Visitor",
+        "email": "visitor@example.com",
+        "phone": "+1 555 123 4567",
+    }
+
+
+async def test_the_embeds_request_preflight_included(public: httpx.AsyncClient) -> None:
+    preflight = await public.options(
+        "/api/v1/leads/",
+        headers={
+            "Origin": SITE,
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "content-type",
+        },
+    )
+    assert preflight.status_code == 204
+    assert preflight.headers["access-control-allow-origin"] == SITE
+    assert "POST" in preflight.headers["access-control-allow-methods"]
+    assert "content-type" in preflight.headers["access-control-allow-headers"].lower()
+
+    lead = embed_lead()
+    created = await public.post(
+        "/api/v1/leads/",
+        json=lead,
+        headers={"Origin": SITE, "Referer": f"{SITE}/products"},
+    )
+    assert created.status_code == 200, created.text
+    assert created.headers["access-control-allow-origin"] == SITE
+    body = created.json()
+    assert {k: body[k] for k in lead} == lead
+
+
+async def test_public_capture_is_write_only_and_flow_bound(
+    public: httpx.AsyncClient, auth: dict[str, str]
+) -> None:
+    origin = {"Origin": SITE}
+    assert (
+        await public.get(f"/api/v1/leads/{FLOW}", headers=origin)
+    ).status_code == 401
+    graphql = await public.post(
+        "/graphql",
+        json={
+            "query": "query($id: ID!) { lead(id: $id) { id } }",
+            "variables": {"id": FLOW},
+        },
+        headers=origin,
+    )
+    assert graphql.status_code == 401
+    other_flow = await public.post(
+        "/api/v1/leads", json=embed_lead(new_id()), headers=origin
+    )
+    assert other_flow.status_code == 403
+    invalid = await public.post(
+        "/api/v1/leads", json={**embed_lead(), "email": "nope"}, headers=origin
+    )
+    assert invalid.status_code == 422
+    # Nothing was stored by the refused requests.
+    listed = await public.get(f"/leads/{FLOW}", headers=auth)
+    assert listed.status_code == 404
+
+
+async def test_other_origins_and_no_origin_need_a_token(
+    public: httpx.AsyncClient,
+) -> None:
+    for headers in ({}, {"Origin": "https://evil.example"}):
+        answer = await public.post("/leads", json=embed_lead(), headers=headers)
+        assert answer.status_code == 401
+        assert "access-control-allow-origin" not in answer.headers
+    preflight = await public.options(
+        "/api/v1/leads",
+        headers={
+            "Origin": "https://evil.example",
+            "Access-Control-Request-Method": "POST",
+        },
+    )
+    assert preflight.status_code == 403
+    # The public origin may not preflight a read.
+    read = await public.options(
+        f"/api/v1/leads/{FLOW}",
+        headers={"Origin": SITE, "Access-Control-Request-Method": "GET"},
+    )
+    assert read.status_code == 403
+
+
+async def test_public_capture_is_rate_limited(public: httpx.AsyncClient) -> None:
+    answers = [
+        await public.post("/leads", json=embed_lead(), headers={"Origin": SITE})
+        for _ in range(7)
+    ]
+    assert [a.status_code for a in answers] == [200] * 5 + [429] * 2
+    limited = answers[-1]
+    assert int(limited.headers["retry-after"]) >= 1
+    assert limited.json()["statusCode"] == 429
+
+
+async def test_configured_cors_origin_may_read_with_a_token(
+    public: httpx.AsyncClient, auth: dict[str, str]
+) -> None:
+    preflight = await public.options(
+        "/graphql",
+        headers={
+            "Origin": "https://admin.example",
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization, content-type",
+        },
+    )
+    assert preflight.status_code == 204
+    assert "Authorization" in preflight.headers["access-control-allow-headers"]
+    answer = await public.get(
+        f"/leads/{FLOW}", headers={**auth, "Origin": "https://admin.example"}
+    )
+    assert answer.headers["access-control-allow-origin"] == "https://admin.example"
+
+
+async def test_no_cors_by_default(
+    client: httpx.AsyncClient, auth: dict[str, str]
+) -> None:
+    answer = await client.get(
+        f"/leads/{FLOW}", headers={**auth, "Origin": "https://shop.example"}
+    )
+    assert "access-control-allow-origin" not in answer.headers

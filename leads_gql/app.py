@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import hashlib
 import logging
-import re
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -14,7 +11,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import HTMLResponse, Response
 from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -23,29 +20,15 @@ from leads_gql.auth import TokenVerifier
 from leads_gql.config import Settings
 from leads_gql.cors import CORS
 from leads_gql.errors import InvalidInput, LeadsError, RateLimited, ServiceUnavailable
-from leads_gql.graphql_http import GRAPHIQL_HTML, GraphQLEndpoint
+from leads_gql.graphql_http import GraphQLEndpoint
 from leads_gql.limits import WriteLimits
 from leads_gql.openapi import document
+from leads_gql.pages import DOCS_CSP, GRAPHIQL_CSP, render_docs
 from leads_gql.rest import JSONResponse
 from leads_gql.schema import make_schema
 from leads_gql.telemetry import Telemetry, metrics
 
 logger = logging.getLogger("leads_gql")
-
-_inline_script = re.search(r"<script>(.*?)</script>", GRAPHIQL_HTML, re.S)
-_SCRIPT_HASH = base64.b64encode(
-    hashlib.sha256(_inline_script.group(1).encode() if _inline_script else b"").digest()
-).decode()
-# HTML pages load GraphiQL from unpkg (pinned by SRI) and run one inline script,
-# allowed by its hash; nothing else.
-CONTENT_SECURITY_POLICY = (
-    "default-src 'none'; "
-    f"script-src https://unpkg.com 'sha256-{_SCRIPT_HASH}'; "
-    "style-src https://unpkg.com 'unsafe-inline'; "
-    "font-src https://unpkg.com data:; img-src 'self' data:; "
-    "connect-src 'self'; base-uri 'none'; form-action 'none'; "
-    "frame-ancestors 'none'"
-)
 
 
 class TrailingSlash:
@@ -77,11 +60,13 @@ class SecurityHeaders:
                 headers = list(message.get("headers", []))
                 headers.append((b"x-content-type-options", b"nosniff"))
                 headers.append((b"referrer-policy", b"no-referrer"))
-                content_type = dict(headers).get(b"content-type", b"")
-                if content_type.startswith(b"text/html"):
-                    headers.append(
-                        (b"content-security-policy", CONTENT_SECURITY_POLICY.encode())
-                    )
+                names = dict(headers)
+                content_type = names.get(b"content-type", b"")
+                if (
+                    content_type.startswith(b"text/html")
+                    and b"content-security-policy" not in names
+                ):
+                    headers.append((b"content-security-policy", GRAPHIQL_CSP.encode()))
                     headers.append((b"x-frame-options", b"DENY"))
                 message = {**message, "headers": headers}
             await send(message)
@@ -139,8 +124,13 @@ def create_app(settings: Settings | None = None) -> Starlette:
     )
     openapi = document(__version__)
 
+    docs_page = render_docs(openapi)
+
     async def openapi_json(request: Request) -> Response:
         return JSONResponse(openapi)
+
+    async def docs(request: Request) -> Response:
+        return HTMLResponse(docs_page, headers={"Content-Security-Policy": DOCS_CSP})
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -174,6 +164,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
             Route("/openapi.json", openapi_json, methods=["GET"]),
+            Route("/docs", docs, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),
             Route("/graphql", graphql.__call__, methods=["GET", "POST"]),
             *rest.routes,

@@ -8,7 +8,6 @@ gets 200 with `errors`, as before that specification.
 
 from __future__ import annotations
 
-from importlib.resources import files
 from typing import Any
 
 import orjson
@@ -32,11 +31,11 @@ from leads_gql.errors import (
     RateLimited,
     ServiceUnavailable,
 )
+from leads_gql.pages import GRAPHIQL_HTML
 from leads_gql.schema import Context
 
 GRAPHQL_RESPONSE = "application/graphql-response+json"
 MAX_BATCH = 10
-GRAPHIQL_HTML = files("leads_gql").joinpath("static/graphiql.html").read_text()
 
 
 def _accepts_graphql_response(request: Request) -> bool:

@@ -78,12 +78,11 @@ class GraphQLEndpoint:
 
     async def handle(self, request: Request) -> Response:
         if (
-            request.method == "GET"
+            self.graphiql
+            and request.method == "GET"
             and not request.query_params.get("query")
             and _wants_html(request)
         ):
-            if not self.graphiql:
-                raise BadRequest("GraphiQL is turned off on this server")
             return HTMLResponse(GRAPHIQL_HTML)
         # The token comes before the body: no token, 401, whatever the body.
         principal = request.app.state.verifier.authenticate(

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import httpx
 import pytest
 
+from leads_gql.app import create_app
+from leads_gql.config import Settings
+
 pytestmark = pytest.mark.anyio
+
+FLOW = "3fa85f64-5717-4562-b3fc-2c963f66afa6"
 
 
 async def test_openapi_document_describes_both_prefixes(
@@ -55,3 +61,27 @@ async def test_graphiql_for_browsers_without_a_token(client: httpx.AsyncClient) 
         and "'unsafe-inline'" not in csp.split("style-src")[0]
     )
     assert answer.headers["x-frame-options"] == "DENY"
+
+
+async def test_graphiql_and_introspection_can_be_turned_off(
+    settings: Settings, auth: dict[str, str]
+) -> None:
+    app = create_app(dataclasses.replace(settings, graphiql=False, introspection=False))
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+            page = await c.get("/graphql", headers={"Accept": "text/html"})
+            assert page.status_code == 401
+            assert "graphiql" not in page.text.lower()
+            schema = await c.post(
+                "/graphql",
+                json={"query": "{ __schema { types { name } } }"},
+                headers=auth,
+            )
+            assert "errors" in schema.json() and "data" not in schema.json()
+            ok = await c.post(
+                "/graphql",
+                json={"query": f'{{ lead(id: "{FLOW}") {{ id }} }}'},
+                headers=auth,
+            )
+            assert ok.json() == {"data": {"lead": None}}

@@ -19,7 +19,7 @@ from leads_gql import __version__, db, rest
 from leads_gql.auth import TokenVerifier
 from leads_gql.config import Settings
 from leads_gql.cors import CORS
-from leads_gql.errors import InvalidInput, LeadsError, RateLimited, ServiceUnavailable
+from leads_gql.errors import LeadsError
 from leads_gql.graphql_http import GraphQLEndpoint
 from leads_gql.limits import WriteLimits
 from leads_gql.openapi import document
@@ -80,14 +80,10 @@ def error_body(status: int, message: str, **extra: Any) -> dict[str, Any]:
 
 async def leads_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, LeadsError)
-    extra = {"errors": exc.errors} if isinstance(exc, InvalidInput) else {}
-    headers = {}
-    if exc.status == 401:
-        headers["WWW-Authenticate"] = 'Bearer realm="leads-gql"'
-    if isinstance(exc, RateLimited | ServiceUnavailable):
-        headers["Retry-After"] = str(exc.retry_after)
+    # REST's error objects are {statusCode, message}; only a 422 lists fields.
+    extra = {"errors": exc.errors} if exc.status == 422 else {}
     return JSONResponse(
-        error_body(exc.status, exc.message, **extra), exc.status, headers
+        error_body(exc.status, exc.message, **extra), exc.status, exc.headers
     )
 
 

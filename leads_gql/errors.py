@@ -38,6 +38,11 @@ class LeadsError(Exception):
         self.message = message or self.default_message
         super().__init__(self.message)
 
+    @property
+    def headers(self) -> dict[str, str]:
+        """HTTP headers that go with this error on either transport."""
+        return {}
+
 
 class BadRequest(LeadsError):
     status = 400
@@ -53,6 +58,10 @@ class Unauthenticated(LeadsError):
     status = 401
     code = "UNAUTHENTICATED"
     default_message = "A valid bearer token is required"
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": 'Bearer realm="leads-gql"'}
 
 
 class Forbidden(LeadsError):
@@ -71,6 +80,10 @@ class MethodNotAllowed(LeadsError):
     status = 405
     code = "METHOD_NOT_ALLOWED"
     default_message = "Method not allowed"
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Allow": "GET, POST"}
 
 
 class Conflict(LeadsError):
@@ -114,6 +127,10 @@ class RateLimited(LeadsError):
         super().__init__(message)
         self.retry_after = retry_after
 
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}
+
 
 class ServiceUnavailable(LeadsError):
     status = 503
@@ -123,3 +140,7 @@ class ServiceUnavailable(LeadsError):
     def __init__(self, retry_after: int = 2, message: str | None = None) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}

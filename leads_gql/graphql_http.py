@@ -28,7 +28,6 @@ from leads_gql.errors import (
     BadRequest,
     LeadsError,
     MethodNotAllowed,
-    RateLimited,
     ServiceUnavailable,
 )
 from leads_gql.pages import GRAPHIQL_HTML
@@ -54,15 +53,10 @@ def error_response(error: LeadsError, request: Request) -> Response:
         "message": error.message,
         "errors": [{"message": error.message, "extensions": {"code": error.code}}],
     }
-    headers = {}
-    if error.status == 401:
-        headers["WWW-Authenticate"] = 'Bearer realm="leads-gql"'
-    if isinstance(error, RateLimited | ServiceUnavailable):
-        headers["Retry-After"] = str(error.retry_after)
     media = (
         GRAPHQL_RESPONSE if _accepts_graphql_response(request) else "application/json"
     )
-    return Response(orjson.dumps(body), error.status, headers, media_type=media)
+    return Response(orjson.dumps(body), error.status, error.headers, media_type=media)
 
 
 class GraphQLEndpoint:

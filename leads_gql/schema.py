@@ -4,39 +4,33 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable, Iterator
+import re
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
 import strawberry
-from graphql import GraphQLError, ValueNode, value_from_ast_untyped
+from graphql import GraphQLError, GraphQLSyntaxError, ValueNode, value_from_ast_untyped
 from sqlalchemy.ext.asyncio import AsyncEngine
 from strawberry.extensions import (
     DisableIntrospection,
-    MaxAliasesLimiter,
-    MaxTokensLimiter,
     ParserCache,
-    QueryDepthLimiter,
     SchemaExtension,
     ValidationCache,
 )
 from strawberry.schema.config import StrawberryConfig
-from strawberry.types import ExecutionContext, Info
+from strawberry.types import ExecutionContext, ExecutionResult, Info
 
 from leads_gql import resolvers
 from leads_gql.auth import Principal
 from leads_gql.db import session_scope
 from leads_gql.errors import InvalidInput, LeadsError
+from leads_gql.graphql_limits import document_limits
 from leads_gql.limits import WriteLimits
 from leads_gql.models import LeadRow, format_datetime
 from leads_gql.telemetry import GRAPHQL_OPERATIONS, operation_label
 
 logger = logging.getLogger("leads_gql.graphql")
-
-# Document limits. GraphiQL's own schema query is 13 levels deep and ~400 tokens.
-MAX_DEPTH = 15
-MAX_ALIASES = 50
-MAX_TOKENS = 2000
 
 
 @dataclasses.dataclass(slots=True)
@@ -148,61 +142,74 @@ class Mutation:
 
 
 INTERNAL = "Internal server error"
+_NAMED_FIELD = re.compile(r"Field '(\w+)'|Variable '\$(\w+)'")
 
 
-class ErrorCodes(SchemaExtension):
-    """Gives every error an `extensions.code` and masks the unexpected ones.
+def _coded(error: GraphQLError) -> GraphQLError:
+    """The error as the client sees it, with `extensions.code`.
 
     Service errors keep their message and code (with the field list for
-    BAD_USER_INPUT); GraphQL's own parse and validation errors keep theirs; any
-    other exception becomes a bare INTERNAL_SERVER_ERROR.
+    BAD_USER_INPUT); GraphQL's own parse and validation errors keep their message;
+    variables that fail coercion are BAD_USER_INPUT; anything else is masked.
     """
+    original = error.original_error
+    extensions: dict[str, Any]
+    message = error.message
+    if isinstance(original, LeadsError):
+        message, extensions = original.message, {"code": original.code}
+        if isinstance(original, InvalidInput):
+            extensions["errors"] = original.errors
+    elif error.extensions and "code" in error.extensions:
+        return error
+    elif isinstance(error, GraphQLSyntaxError) or isinstance(
+        original, GraphQLSyntaxError
+    ):
+        extensions = {"code": "GRAPHQL_PARSE_FAILED"}
+    elif error.path is None and isinstance(original, GraphQLError):
+        # graphql-core (3.3) wraps a variable's coercion error in another.
+        match = _NAMED_FIELD.search(message)
+        field = (match.group(1) or match.group(2)) if match else "variables"
+        extensions = {
+            "code": "BAD_USER_INPUT",
+            "errors": [{"field": field, "message": message}],
+        }
+    elif error.path is None and original is None:
+        extensions = {"code": "GRAPHQL_VALIDATION_FAILED"}
+    else:
+        message, extensions = INTERNAL, {"code": "INTERNAL_SERVER_ERROR"}
+    return GraphQLError(
+        message,
+        nodes=error.nodes,
+        source=error.source,
+        positions=error.positions,
+        path=error.path,
+        original_error=original,
+        extensions=extensions,
+    )
 
-    def on_operation(self) -> Iterator[None]:
-        self.stage = "GRAPHQL_PARSE_FAILED"
-        yield
-        context = self.execution_context
-        result = context.result
-        if result is not None and result.errors:
-            result.errors = [self._coded(error) for error in result.errors]
-        outcome = "ok"
-        if result is None or result.errors:
-            outcome = "error" if self.stage == "BAD_USER_INPUT" else "refused"
-        try:
-            name = context.operation_name
-        except Exception:  # an unparsable document has no name
-            name = None
-        GRAPHQL_OPERATIONS.labels(operation_label(name), outcome).inc()
 
-    def on_validate(self) -> Iterator[None]:
-        self.stage = "GRAPHQL_VALIDATION_FAILED"
-        yield
-        # After validation, a pathless error is a variable that failed coercion.
-        self.stage = "BAD_USER_INPUT"
-
-    def _coded(self, error: GraphQLError) -> GraphQLError:
-        original = error.original_error
-        extensions: dict[str, Any]
-        if isinstance(original, LeadsError):
-            message, extensions = original.message, {"code": original.code}
-            if isinstance(original, InvalidInput):
-                extensions["errors"] = original.errors
-        elif original is None and error.path is None:
-            message, extensions = error.message, {"code": self.stage}
-        else:
-            message, extensions = INTERNAL, {"code": "INTERNAL_SERVER_ERROR"}
-        return GraphQLError(
-            message,
-            nodes=error.nodes,
-            source=error.source,
-            positions=error.positions,
-            path=error.path,
-            original_error=original,
-            extensions=extensions,
-        )
+def _unexpected(error: GraphQLError) -> BaseException | None:
+    original = error.original_error
+    if original is None or isinstance(original, LeadsError | GraphQLError):
+        return None
+    return original
 
 
 class LeadsSchema(strawberry.Schema):
+    async def execute(
+        self, query: str | None, *args: Any, **kwargs: Any
+    ) -> ExecutionResult:
+        result = await super().execute(query, *args, **kwargs)
+        outcome = "ok"
+        if result.errors:
+            result.errors = [_coded(error) for error in result.errors]
+            executed = result.data is not None or any(e.path for e in result.errors)
+            outcome = "error" if executed else "refused"
+        GRAPHQL_OPERATIONS.labels(
+            operation_label(kwargs.get("operation_name")), outcome
+        ).inc()
+        return result
+
     def process_errors(
         self,
         errors: list[GraphQLError],
@@ -211,8 +218,7 @@ class LeadsSchema(strawberry.Schema):
         # Expected errors are answers, not incidents; log only the unexpected,
         # by type and path (never the variables: they hold contact data).
         for error in errors:
-            original = error.original_error
-            if original is not None and not isinstance(original, LeadsError):
+            if (original := _unexpected(error)) is not None:
                 logger.error(
                     "GraphQL resolver failed at %s",
                     error.path,
@@ -222,12 +228,9 @@ class LeadsSchema(strawberry.Schema):
 
 def make_schema(*, introspection: bool = True) -> strawberry.Schema:
     extensions: list[type[SchemaExtension] | Callable[[], SchemaExtension]] = [
-        lambda: MaxTokensLimiter(max_token_count=MAX_TOKENS),
-        lambda: MaxAliasesLimiter(max_alias_count=MAX_ALIASES),
-        lambda: QueryDepthLimiter(max_depth=MAX_DEPTH),
+        *document_limits(),
         lambda: ParserCache(maxsize=256),
         lambda: ValidationCache(maxsize=256),
-        ErrorCodes,
     ]
     if not introspection:
         extensions.append(DisableIntrospection)

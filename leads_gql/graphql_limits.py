@@ -1,0 +1,116 @@
+"""Bounds on GraphQL documents, checked before anything runs.
+
+Strawberry's maintained extensions cap tokens (at parse) and aliases; the depth
+rule here counts every field, introspection fields included (Strawberry's
+QueryDepthLimiter skips `__schema` and friends, which is where deep documents
+hurt), and one more rule insists on an operation name when a document has several.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from graphql import (
+    FieldNode,
+    FragmentDefinitionNode,
+    FragmentSpreadNode,
+    GraphQLError,
+    InlineFragmentNode,
+    OperationDefinitionNode,
+    SelectionSetNode,
+    ValidationRule,
+)
+from strawberry.extensions import (
+    AddValidationRules,
+    MaxAliasesLimiter,
+    MaxTokensLimiter,
+    SchemaExtension,
+)
+
+# GraphiQL's own schema query is 13 fields deep and about 400 tokens.
+MAX_DEPTH = 15
+MAX_ALIASES = 50
+MAX_TOKENS = 2000
+
+
+def depth_rule(max_depth: int) -> type[ValidationRule]:
+    class MaxDepth(ValidationRule):
+        def enter_operation_definition(
+            self, node: OperationDefinitionNode, *_: Any
+        ) -> None:
+            fragments = {
+                d.name.value: d
+                for d in self.context.document.definitions
+                if isinstance(d, FragmentDefinitionNode)
+            }
+            if _depth(node.selection_set, fragments, max_depth + 1) > max_depth:
+                name = node.name.value if node.name else "anonymous"
+                self.report_error(
+                    GraphQLError(
+                        f"'{name}' exceeds the maximum operation depth of {max_depth}",
+                        node,
+                    )
+                )
+
+    return MaxDepth
+
+
+def _depth(
+    selections: SelectionSetNode | None,
+    fragments: dict[str, FragmentDefinitionNode],
+    budget: int,
+    visiting: frozenset[str] = frozenset(),
+) -> int:
+    """Field depth of a selection set, never exploring past `budget` levels."""
+    if selections is None or budget <= 0:
+        return 0
+    deepest = 0
+    for selection in selections.selections:
+        if isinstance(selection, FieldNode):
+            depth = 1 + _depth(selection.selection_set, fragments, budget - 1, visiting)
+        elif isinstance(selection, InlineFragmentNode):
+            depth = _depth(selection.selection_set, fragments, budget, visiting)
+        elif isinstance(selection, FragmentSpreadNode):
+            name = selection.name.value
+            fragment = fragments.get(name)
+            if fragment is None or name in visiting:  # reported by other rules
+                continue
+            depth = _depth(fragment.selection_set, fragments, budget, visiting | {name})
+        else:
+            continue
+        deepest = max(deepest, depth)
+        if deepest >= budget:
+            break
+    return deepest
+
+
+class OperationChoice(SchemaExtension):
+    """A document with several operations needs `operationName` (GraphQL spec)."""
+
+    def on_validate(self) -> Iterator[None]:
+        context = self.execution_context
+        document = context.graphql_document
+        # The name the client gave (Strawberry's public property falls back to
+        # the first operation's, which is what must not happen here).
+        given = getattr(context, "_provided_operation_name", None)
+        if document is not None and given is None:
+            operations = [
+                d
+                for d in document.definitions
+                if isinstance(d, OperationDefinitionNode)
+            ]
+            if len(operations) > 1:
+                raise GraphQLError(
+                    "Must provide operation name if query contains multiple operations."
+                )
+        yield
+
+
+def document_limits() -> list[Callable[[], SchemaExtension]]:
+    return [
+        lambda: MaxTokensLimiter(max_token_count=MAX_TOKENS),
+        lambda: MaxAliasesLimiter(max_alias_count=MAX_ALIASES),
+        lambda: AddValidationRules([depth_rule(MAX_DEPTH)]),
+        OperationChoice,
+    ]

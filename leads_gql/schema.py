@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from typing import Any
 
@@ -195,19 +195,35 @@ def _unexpected(error: GraphQLError) -> BaseException | None:
     return original
 
 
+class OperationMetrics(SchemaExtension):
+    """Counts operations by name (the document's) and outcome."""
+
+    def on_operation(self) -> Iterator[None]:
+        outcome = "refused"
+        try:
+            yield
+            result = self.execution_context.result
+            if result is not None and not result.errors:
+                outcome = "ok"
+            elif result is not None and (
+                result.data is not None or any(e.path for e in result.errors or ())
+            ):
+                outcome = "error"
+        finally:
+            try:
+                name = self.execution_context.operation_name
+            except Exception:  # no document, no name
+                name = None
+            GRAPHQL_OPERATIONS.labels(operation_label(name), outcome).inc()
+
+
 class LeadsSchema(strawberry.Schema):
     async def execute(
         self, query: str | None, *args: Any, **kwargs: Any
     ) -> ExecutionResult:
         result = await super().execute(query, *args, **kwargs)
-        outcome = "ok"
         if result.errors:
             result.errors = [_coded(error) for error in result.errors]
-            executed = result.data is not None or any(e.path for e in result.errors)
-            outcome = "error" if executed else "refused"
-        GRAPHQL_OPERATIONS.labels(
-            operation_label(kwargs.get("operation_name")), outcome
-        ).inc()
         return result
 
     def process_errors(
@@ -228,6 +244,7 @@ class LeadsSchema(strawberry.Schema):
 
 def make_schema(*, introspection: bool = True) -> strawberry.Schema:
     extensions: list[type[SchemaExtension] | Callable[[], SchemaExtension]] = [
+        OperationMetrics,
         *document_limits(),
         lambda: ParserCache(maxsize=256),
         lambda: ValidationCache(maxsize=256),

@@ -19,7 +19,7 @@ from leads_gql import __version__, db, rest
 from leads_gql.auth import TokenVerifier
 from leads_gql.config import Settings
 from leads_gql.cors import CORS
-from leads_gql.errors import LeadsError
+from leads_gql.errors import InvalidInput, LeadsError
 from leads_gql.graphql_http import GraphQLEndpoint
 from leads_gql.limits import WriteLimits
 from leads_gql.openapi import document
@@ -81,7 +81,7 @@ def error_body(status: int, message: str, **extra: Any) -> dict[str, Any]:
 async def leads_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, LeadsError)
     # REST's error objects are {statusCode, message}; only a 422 lists fields.
-    extra = {"errors": exc.errors} if exc.status == 422 else {}
+    extra = {"errors": exc.errors} if type(exc) is InvalidInput else {}
     return JSONResponse(
         error_body(exc.status, exc.message, **extra), exc.status, exc.headers
     )

@@ -173,6 +173,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
         },
         lifespan=lifespan,
     )
+    # TrailingSlash already made `/x/` into `/x`; a redirect would loop.
+    app.router.redirect_slashes = False
     app.state.verifier = verifier
     app.state.limits = WriteLimits(
         per_subject=settings.rate_limit_writes,

@@ -141,13 +141,21 @@ def _blank(value: object) -> bool:
 
 
 def parse_name(value: object) -> str:
-    return _text(value, 255).strip() if isinstance(value, str) else _text(value, 255)
+    return _text(value.strip() if isinstance(value, str) else value, 255)
 
 
 def parse_email(value: object) -> str:
     email = _text(value.strip() if isinstance(value, str) else value, 254)
     try:
-        validate_email(email, check_deliverability=False)
+        # Syntax (SPEC), not deliverability: dotless domains, `.test` and quoted
+        # local parts pass; the library still refuses reserved names (`.local`).
+        validate_email(
+            email,
+            check_deliverability=False,
+            globally_deliverable=False,
+            test_environment=True,
+            allow_quoted_local=True,
+        )
     except EmailNotValidError as exc:
         raise ValueError(f"must be a valid email address: {exc}") from None
     return email

@@ -6,10 +6,15 @@ import json
 import math
 from typing import Any
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
 from leads_gql.config import MAX_BODY_BYTES
-from leads_gql.errors import InvalidJSON, PayloadTooLarge, UnsupportedMediaType
+from leads_gql.errors import (
+    BadRequest,
+    InvalidJSON,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+)
 
 
 def _pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -82,9 +87,13 @@ async def read_json(request: Request, limit: int = MAX_BODY_BYTES) -> Any:
         raise UnsupportedMediaType()
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"The request body is over {limit // 1024} KiB")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(f"The request body is over {limit // 1024} KiB")
+            chunks.append(chunk)
+    except ClientDisconnect:
+        # The client left mid-body: nothing to store, nobody to answer.
+        raise BadRequest("The client disconnected before the body was sent") from None
     return parse_json(b"".join(chunks))

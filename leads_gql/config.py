@@ -13,6 +13,8 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 
+from sqlalchemy.engine import make_url
+
 from leads_gql.limits import Rate
 
 PREFIX = "LEADS_"
@@ -71,9 +73,10 @@ def database_url(raw: str) -> str:
     """Map the user's URL to the async driver SQLAlchemy needs."""
     scheme, sep, rest = raw.partition("://")
     if not sep:
+        # The value is not echoed: it may hold a password.
         raise ConfigError(
-            f"LEADS_DATABASE_URL must look like sqlite:///leads.db or "
-            f"postgresql://user@host:5432/db, not {raw!r}"
+            "LEADS_DATABASE_URL must look like sqlite:///leads.db or "
+            "postgresql://user@host:5432/db"
         )
     if scheme in {"sqlite", "sqlite+aiosqlite"}:
         return f"sqlite+aiosqlite://{rest}"
@@ -131,9 +134,11 @@ def _public_flows(raw: str) -> dict[str, tuple[str, ...]]:
     return flows
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, repr=False)
 class Settings:
-    database_url: str = "sqlite+aiosqlite:///leads.db"
+    database_url: str = dataclasses.field(
+        default="sqlite+aiosqlite:///leads.db", repr=False
+    )
     jwt_secret: str | None = dataclasses.field(default=None, repr=False)
     jwt_algorithms: tuple[str, ...] = ("HS256",)
     jwt_public_key: str | None = None
@@ -216,6 +221,16 @@ class Settings:
                     f"LEADS_JWT_ALGORITHMS lists {alg}, "
                     "which needs LEADS_JWT_PUBLIC_KEY"
                 )
+
+    def __repr__(self) -> str:
+        # The URL may hold a password: show it masked; leave the secret out.
+        fields = ", ".join(
+            f"{f.name}={getattr(self, f.name)!r}"
+            for f in dataclasses.fields(self)
+            if f.repr
+        )
+        url = make_url(self.database_url).render_as_string(hide_password=True)
+        return f"Settings(database_url={url!r}, {fields})"
 
     @property
     def uses_hmac(self) -> bool:

@@ -96,6 +96,24 @@ UNAVAILABLE = (
 )
 
 
+# SQLSTATE classes of a database that is away or full, not of a bad statement:
+# connection exceptions, insufficient resources (too many clients), operator
+# intervention (shutting down, cannot connect now).
+_UNAVAILABLE_SQLSTATE_CLASSES = ("08", "53", "57")
+
+
+def _unavailable(error: exc.DBAPIError) -> bool:
+    if isinstance(error, exc.OperationalError | exc.InterfaceError):
+        return True
+    if error.connection_invalidated:
+        return True
+    for cause in (error.orig, getattr(error.orig, "__cause__", None)):
+        sqlstate = getattr(cause, "sqlstate", None)
+        if isinstance(sqlstate, str) and sqlstate[:2] in _UNAVAILABLE_SQLSTATE_CLASSES:
+            return True
+    return False
+
+
 @asynccontextmanager
 async def session_scope(engine: AsyncEngine) -> AsyncIterator[AsyncSession]:
     """One session per request or operation; an unreachable database is a 503."""
@@ -103,9 +121,7 @@ async def session_scope(engine: AsyncEngine) -> AsyncIterator[AsyncSession]:
         async with AsyncSession(engine, expire_on_commit=False) as session:
             yield session
     except exc.DBAPIError as error:
-        if isinstance(error, exc.OperationalError | exc.InterfaceError) or (
-            error.connection_invalidated
-        ):
+        if _unavailable(error):
             raise ServiceUnavailable() from error
         raise
     except UNAVAILABLE as error:

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -76,13 +78,33 @@ def pg_database() -> Iterator[str]:
     asyncio.run(_pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A migrated SQLite database, copied for each test (faster than migrating)."""
+    path = tmp_path_factory.mktemp("template") / "leads.db"
+
+    async def migrate() -> None:
+        from leads_gql import db
+
+        engine = db.make_engine(Settings(database_url=f"sqlite+aiosqlite:///{path}"))
+        await db.migrate(engine)
+        async with engine.connect() as conn:  # fold the WAL into the main file
+            await conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+        await engine.dispose()
+
+    asyncio.run(migrate())
+    return path
+
+
 @pytest.fixture(
     params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)],
 )
-def database_url(request: pytest.FixtureRequest, tmp_path: Any) -> str:
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """Each test gets a clean database: a new SQLite file, or an emptied table."""
     if request.param == "sqlite":
-        return f"sqlite+aiosqlite:///{tmp_path}/leads.db"
+        path = tmp_path / "leads.db"
+        shutil.copyfile(request.getfixturevalue("sqlite_template"), path)
+        return f"sqlite+aiosqlite:///{path}"
     url: str = request.getfixturevalue("pg_database")
     asyncio.run(_pg_admin("TRUNCATE lead", url))
     return url

@@ -18,6 +18,8 @@ from tests.server import Server, cli_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.anyio]
 
+# Small pools: the suite shares one PostgreSQL server (max_connections) with others.
+SMALL_POOL = {"LEADS_DB_POOL_SIZE": "4", "LEADS_DB_MAX_OVERFLOW": "4"}
 SECRET = "durability-secret-" + "x" * 32
 
 
@@ -45,7 +47,9 @@ def env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str, st
     asyncio.run(_pg_admin(f'CREATE DATABASE "{name}"'))
     head = PG_ADMIN_URL.rpartition("/")[0]
     try:
-        yield cli_env(LEADS_DATABASE_URL=f"{head}/{name}", LEADS_JWT_SECRET=SECRET)
+        yield cli_env(
+            LEADS_DATABASE_URL=f"{head}/{name}", LEADS_JWT_SECRET=SECRET, **SMALL_POOL
+        )
     finally:
         asyncio.run(_pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 

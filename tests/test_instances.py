@@ -18,6 +18,8 @@ from tests.server import Server, cli_env
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow, pytest.mark.anyio]
 
+# Small pools: the suite shares one PostgreSQL server (max_connections) with others.
+SMALL_POOL = {"LEADS_DB_POOL_SIZE": "4", "LEADS_DB_MAX_OVERFLOW": "4"}
 SECRET = "instances-secret-" + "x" * 32
 FIELDS = "id name email phone chatflowid chatId createdDate"
 
@@ -40,7 +42,9 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Server]]:
     name = f"leads_test_{uuid.uuid4().hex[:12]}"
     asyncio.run(_pg_admin(f'CREATE DATABASE "{name}"'))
     head = PG_ADMIN_URL.rpartition("/")[0]
-    env = cli_env(LEADS_DATABASE_URL=f"{head}/{name}", LEADS_JWT_SECRET=SECRET)
+    env = cli_env(
+        LEADS_DATABASE_URL=f"{head}/{name}", LEADS_JWT_SECRET=SECRET, **SMALL_POOL
+    )
     cwd = tmp_path_factory.mktemp("instances")
     pair = [Server(cwd, env), Server(cwd, env)]
     try:

@@ -176,6 +176,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     # TrailingSlash already made `/x/` into `/x`; a redirect would loop.
     app.router.redirect_slashes = False
     app.state.verifier = verifier
+    app.state.graphql = graphql
     app.state.limits = WriteLimits(
         per_subject=settings.rate_limit_writes,
         per_address=settings.rate_limit_writes_per_address,

@@ -10,13 +10,14 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Row, Table, select
+from sqlalchemy import Row, Table, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from leads_gql import db
 from leads_gql.auth import READ, WRITE, Principal
 from leads_gql.errors import Conflict, InvalidArgument
+from leads_gql.json_lists import REST_KEYS, Keys, list_sql
 from leads_gql.limits import WriteLimits
 from leads_gql.models import Lead, LeadCreate, LeadRow, parse_uuid
 from leads_gql.telemetry import LEADS_CREATED
@@ -47,6 +48,21 @@ async def leads_by_chatflow(
         .order_by(LEAD.c.created_date, LEAD.c.id)
     )
     return result.all()
+
+
+async def leads_json(
+    *,
+    session: AsyncSession,
+    principal: Principal,
+    chatflowid: object,
+    keys: Keys = REST_KEYS,
+) -> str:
+    """`leads_by_chatflow` as a JSON array built by the database (`[]` if none)."""
+    principal.require(READ)
+    flow = _argument("chatflowid", chatflowid)
+    principal.require_chatflow(flow)
+    sql = list_sql(session.get_bind().dialect.name, keys)
+    return str((await session.execute(text(sql), {"flow": flow})).scalar_one())
 
 
 async def lead(

@@ -41,12 +41,12 @@ async def get_leads(request: Request) -> Response:
     """GET /leads/{id}: every lead of chat flow `id`, oldest first; 404 if none."""
     caller = principal(request)
     async with session_scope(request.app.state.engine) as session:
-        rows = await resolvers.leads_by_chatflow(
+        body = await resolvers.leads_json(
             session=session, principal=caller, chatflowid=request.path_params["id"]
         )
-    if not rows:
+    if body == "[]":
         raise NotFound("This chat flow has no leads")
-    return JSONResponse([lead_to_dict(row) for row in rows])
+    return Response(body, media_type="application/json")
 
 
 async def create_lead(request: Request) -> Response:

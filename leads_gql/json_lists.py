@@ -1,0 +1,67 @@
+"""Lead lists that the database renders as JSON, ready to send.
+
+The hot read (every lead of a chat flow) costs one statement and one value: no row
+objects, no per-row Python. The output is what `models.lead_to_dict` gives, in the
+same order (`createdDate`, then `id`) and the same `createdDate` form.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+
+# Response key -> lead field (GraphQL name). REST asks for all seven.
+Keys = tuple[tuple[str, str], ...]
+ALL_FIELDS = ("id", "name", "email", "phone", "chatflowid", "chatId", "createdDate")
+REST_KEYS: Keys = tuple((field, field) for field in ALL_FIELDS)
+_NAME = re.compile(r"[_A-Za-z][_0-9A-Za-z]*")
+
+# SQLite keeps instants as naive UTC text, `YYYY-MM-DD HH:MM:SS.ffffff`.
+_SQLITE_INSTANT = (
+    "substr(created_date, 1, 10) || 'T' || substr(created_date, 12, 8)"
+    " || CASE WHEN substr(created_date, 21) IN ('', '000000') THEN ''"
+    " ELSE '.' || substr(created_date, 21) END || 'Z'"
+)
+# asyncpg stores datetime.min / datetime.max (0001-01-01T00:00:00Z and
+# 9999-12-31T23:59:59.999999Z) as -infinity / infinity, which to_char cannot print.
+# (`\\:` keeps SQLAlchemy's text() from reading `:MI` as a bind parameter.)
+_POSTGRES_INSTANT = (
+    "CASE WHEN created_date = '-infinity' THEN '0001-01-01T00\\:00\\:00Z'"
+    " WHEN created_date = 'infinity' THEN '9999-12-31T23\\:59\\:59.999999Z'"
+    " ELSE to_char(created_date AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24\\:MI\\:SS')"
+    " || CASE WHEN date_trunc('second', created_date) = created_date THEN ''"
+    " ELSE to_char(created_date AT TIME ZONE 'UTC', '.US') END || 'Z' END"
+)
+_COLUMNS = {
+    "id": "id",
+    "name": "name",
+    "email": "email",
+    "phone": "phone",
+    "chatflowid": "chatflowid",
+    "chatId": "chat_id",
+    "__typename": "'Lead'",
+}
+
+
+@functools.lru_cache(maxsize=256)
+def list_sql(dialect: str, keys: Keys) -> str:
+    """One statement: the JSON array of a flow's leads (`:flow`), with these keys."""
+    instant = _SQLITE_INSTANT if dialect == "sqlite" else _POSTGRES_INSTANT
+    pairs = []
+    for key, field in keys:
+        # Keys are GraphQL names (letters, digits, `_`): safe as SQL literals.
+        if not _NAME.fullmatch(key):
+            raise ValueError(f"not a GraphQL name: {key!r}")
+        column = instant if field == "createdDate" else _COLUMNS[field]
+        pairs.append(f"'{key}', {column}")
+    fields = ", ".join(pairs)
+    if dialect == "sqlite":
+        # The subquery's order is the aggregate's order in SQLite.
+        return (
+            f"SELECT json_group_array(json_object({fields})) FROM "
+            "(SELECT * FROM lead WHERE chatflowid = :flow ORDER BY created_date, id)"
+        )
+    return (
+        f"SELECT coalesce(json_agg(json_build_object({fields}) "
+        "ORDER BY created_date, id)::text, '[]') FROM lead WHERE chatflowid = :flow"
+    )

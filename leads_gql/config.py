@@ -145,8 +145,10 @@ class Settings:
     jwt_issuer: str | None = None
     jwt_audience: str | None = None
     # Pool settings apply to PostgreSQL; SQLite uses its own small pool.
-    db_pool_size: int = 10
-    db_max_overflow: int = 10
+    # A fixed pool by default: connections opened past the pool are closed again on
+    # return, and opening one (TCP, TLS probe, auth) costs more than waiting.
+    db_pool_size: int = 16
+    db_max_overflow: int = 0
     db_pool_timeout: float = 10.0
     db_connect_timeout: float = 5.0
     # Migrate at start (`serve --no-migrate` turns this off and only checks).

@@ -34,7 +34,12 @@ def make_engine(settings: Settings) -> AsyncEngine:
         engine = create_async_engine(
             url,
             hide_parameters=True,
-            # The driver's busy timeout (seconds); writers also queue on a lock.
+            # Each connection is a thread; a few readers suffice (writers queue on
+            # a lock), and a fixed pool never reopens them.
+            pool_size=4,
+            max_overflow=0,
+            pool_timeout=settings.db_pool_timeout,
+            # The driver's busy timeout (seconds).
             connect_args={"timeout": 30},
         )
         event.listen(engine.sync_engine, "connect", _sqlite_on_connect)
@@ -112,6 +117,16 @@ def _unavailable(error: exc.DBAPIError) -> bool:
         if isinstance(sqlstate, str) and sqlstate[:2] in _UNAVAILABLE_SQLSTATE_CLASSES:
             return True
     return False
+
+
+def request_engine(engine: AsyncEngine) -> AsyncEngine:
+    """The engine requests use: the same pool, in autocommit.
+
+    Every request runs single statements that are atomic on their own (the create
+    is one INSERT ... ON CONFLICT DO NOTHING), so BEGIN / COMMIT / ROLLBACK round
+    trips buy nothing. Migrations keep real transactions on the base engine.
+    """
+    return engine.execution_options(isolation_level="AUTOCOMMIT")
 
 
 @asynccontextmanager

@@ -134,7 +134,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         try:
             if settings.migrate_on_start:
                 await db.migrate(engine)
-            app.state.engine = db.request_engine(engine)
+            app.state.engine = engine
             yield
         finally:
             await engine.dispose()

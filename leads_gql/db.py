@@ -29,30 +29,41 @@ class SchemaBehind(RuntimeError):
 
 
 def make_engine(settings: Settings) -> AsyncEngine:
+    """The engine of the service, in autocommit.
+
+    Every request runs statements that are atomic on their own (a create is one
+    INSERT ... ON CONFLICT DO NOTHING), so BEGIN / COMMIT / ROLLBACK round trips,
+    and resetting connections on their way back to the pool, buy nothing.
+    Migrations open a real transaction on their own connection (`migrate`).
+    """
     url = settings.database_url
+    common: dict[str, Any] = {
+        # Parameters are contact data: keep them out of error messages and logs.
+        "hide_parameters": True,
+        "isolation_level": "AUTOCOMMIT",
+        "pool_reset_on_return": None,
+        "pool_timeout": settings.db_pool_timeout,
+    }
     if url.startswith("sqlite"):
         engine = create_async_engine(
             url,
-            hide_parameters=True,
-            # Each connection is a thread; a few readers suffice (writers queue on
-            # a lock), and a fixed pool never reopens them.
+            # Each connection is a thread; a few readers suffice (writers queue
+            # on a lock), and a fixed pool never reopens them.
             pool_size=4,
             max_overflow=0,
-            pool_timeout=settings.db_pool_timeout,
             # The driver's busy timeout (seconds).
             connect_args={"timeout": 30},
+            **common,
         )
         event.listen(engine.sync_engine, "connect", _sqlite_on_connect)
         return engine
     return create_async_engine(
         url,
-        # Parameters are contact data: keep them out of error messages and logs.
-        hide_parameters=True,
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_max_overflow,
-        pool_timeout=settings.db_pool_timeout,
         pool_recycle=1800,
         connect_args={"timeout": settings.db_connect_timeout},
+        **common,
     )
 
 
@@ -90,43 +101,34 @@ async def writing(session: AsyncSession) -> AsyncIterator[None]:
         yield
 
 
-# Errors that mean "the database cannot be reached right now", not a bug.
-UNAVAILABLE = (
-    exc.OperationalError,
-    exc.InterfaceError,
-    exc.TimeoutError,
-    ConnectionError,
-    OSError,
-    asyncio.TimeoutError,
-)
-
-
 # SQLSTATE classes of a database that is away or full, not of a bad statement:
 # connection exceptions, insufficient resources (too many clients), operator
 # intervention (shutting down, cannot connect now).
 _UNAVAILABLE_SQLSTATE_CLASSES = ("08", "53", "57")
 
 
-def _unavailable(error: exc.DBAPIError) -> bool:
-    if isinstance(error, exc.OperationalError | exc.InterfaceError):
+def _unavailable(error: BaseException) -> bool:
+    """Does this error mean "the database cannot be reached right now"?"""
+    if isinstance(
+        error,
+        exc.OperationalError
+        | exc.InterfaceError
+        | exc.TimeoutError
+        | OSError
+        | asyncio.TimeoutError,
+    ):
         return True
-    if error.connection_invalidated:
+    if isinstance(error, exc.DBAPIError) and error.connection_invalidated:
         return True
-    for cause in (error.orig, getattr(error.orig, "__cause__", None)):
+    orig = getattr(error, "orig", None)
+    for cause in (error, orig, getattr(orig, "__cause__", None)):
         sqlstate = getattr(cause, "sqlstate", None)
         if isinstance(sqlstate, str) and sqlstate[:2] in _UNAVAILABLE_SQLSTATE_CLASSES:
             return True
-    return False
-
-
-def request_engine(engine: AsyncEngine) -> AsyncEngine:
-    """The engine requests use: the same pool, in autocommit.
-
-    Every request runs single statements that are atomic on their own (the create
-    is one INSERT ... ON CONFLICT DO NOTHING), so BEGIN / COMMIT / ROLLBACK round
-    trips buy nothing. Migrations keep real transactions on the base engine.
-    """
-    return engine.execution_options(isolation_level="AUTOCOMMIT")
+    # asyncpg's own InterfaceError (raised on the driver path): a broken connection.
+    return type(error).__module__.startswith("asyncpg") and any(
+        cls.__name__ == "InterfaceError" for cls in type(error).__mro__
+    )
 
 
 @asynccontextmanager
@@ -135,12 +137,10 @@ async def session_scope(engine: AsyncEngine) -> AsyncIterator[AsyncSession]:
     try:
         async with AsyncSession(engine, expire_on_commit=False) as session:
             yield session
-    except exc.DBAPIError as error:
+    except Exception as error:
         if _unavailable(error):
             raise ServiceUnavailable() from error
         raise
-    except UNAVAILABLE as error:
-        raise ServiceUnavailable() from error
 
 
 def alembic_config(connection: Connection | None = None) -> Config:
@@ -164,15 +164,25 @@ def _upgrade(connection: Connection) -> None:
 
 async def migrate(engine: AsyncEngine) -> None:
     """Bring the database to the head revision, once, even with many instances."""
-    async with engine.begin() as conn:
+    async with engine.connect() as conn:
         if conn.dialect.name == "postgresql":
-            await conn.execute(
-                text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY}
-            )
+            conn = await conn.execution_options(isolation_level="READ COMMITTED")
+            async with conn.begin():
+                await conn.execute(
+                    text("SELECT pg_advisory_xact_lock(:key)"),
+                    {"key": MIGRATION_LOCK_KEY},
+                )
+                await conn.run_sync(_upgrade)
         else:
-            # Take SQLite's write lock now, so two processes never race on DDL.
+            # Our own transaction (the engine is in autocommit), taking SQLite's
+            # write lock at once, so two processes never race on DDL.
             await conn.exec_driver_sql("BEGIN IMMEDIATE")
-        await conn.run_sync(_upgrade)
+            try:
+                await conn.run_sync(_upgrade)
+            except BaseException:
+                await conn.exec_driver_sql("ROLLBACK")
+                raise
+            await conn.exec_driver_sql("COMMIT")
 
 
 async def current_revision(engine: AsyncEngine) -> str | None:

@@ -1,6 +1,6 @@
 """Bounds on GraphQL documents, checked before anything runs.
 
-Strawberry's maintained extensions cap tokens (at parse) and aliases; the depth
+Strawberry's maintained limiters cap tokens (at parse) and aliases; the depth
 rule here counts every field, introspection fields included (Strawberry's
 QueryDepthLimiter skips `__schema` and friends, which is where deep documents
 hurt), and one more rule insists on an operation name when a document has several.
@@ -21,12 +21,8 @@ from graphql import (
     SelectionSetNode,
     ValidationRule,
 )
-from strawberry.extensions import (
-    AddValidationRules,
-    MaxAliasesLimiter,
-    MaxTokensLimiter,
-    SchemaExtension,
-)
+from strawberry.extensions import AddValidationRules, MaxTokensLimiter, SchemaExtension
+from strawberry.extensions.max_aliases import create_validator as create_aliases_rule
 
 # GraphiQL's own schema query is 13 fields deep and about 400 tokens.
 MAX_DEPTH = 15
@@ -107,10 +103,22 @@ class OperationChoice(SchemaExtension):
         yield
 
 
+# Built once: Strawberry's ValidationCache keys on the rule classes, and classes
+# made per request (as MaxAliasesLimiter(...) would) never hit it.
+RULES: tuple[type[ValidationRule], ...] = (
+    create_aliases_rule(MAX_ALIASES),
+    depth_rule(MAX_DEPTH),
+)
+
+
+class DocumentRules(AddValidationRules):
+    def __init__(self) -> None:
+        super().__init__(list(RULES))
+
+
 def document_limits() -> list[Callable[[], SchemaExtension]]:
     return [
         lambda: MaxTokensLimiter(max_token_count=MAX_TOKENS),
-        lambda: MaxAliasesLimiter(max_alias_count=MAX_ALIASES),
-        lambda: AddValidationRules([depth_rule(MAX_DEPTH)]),
+        DocumentRules,
         OperationChoice,
     ]

@@ -24,11 +24,10 @@ _SQLITE_INSTANT = (
 )
 # asyncpg stores datetime.min / datetime.max (0001-01-01T00:00:00Z and
 # 9999-12-31T23:59:59.999999Z) as -infinity / infinity, which to_char cannot print.
-# (`\\:` keeps SQLAlchemy's text() from reading `:MI` as a bind parameter.)
 _POSTGRES_INSTANT = (
-    "CASE WHEN created_date = '-infinity' THEN '0001-01-01T00\\:00\\:00Z'"
-    " WHEN created_date = 'infinity' THEN '9999-12-31T23\\:59\\:59.999999Z'"
-    " ELSE to_char(created_date AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24\\:MI\\:SS')"
+    "CASE WHEN created_date = '-infinity' THEN '0001-01-01T00:00:00Z'"
+    " WHEN created_date = 'infinity' THEN '9999-12-31T23:59:59.999999Z'"
+    " ELSE to_char(created_date AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS')"
     " || CASE WHEN date_trunc('second', created_date) = created_date THEN ''"
     " ELSE to_char(created_date AT TIME ZONE 'UTC', '.US') END || 'Z' END"
 )
@@ -45,7 +44,8 @@ _COLUMNS = {
 
 @functools.lru_cache(maxsize=256)
 def list_sql(dialect: str, keys: Keys) -> str:
-    """One statement: the JSON array of a flow's leads (`:flow`), with these keys."""
+    """One statement in the driver's own dialect (`?` for SQLite, `$1` for asyncpg):
+    the JSON array of a flow's leads, with these keys."""
     instant = _SQLITE_INSTANT if dialect == "sqlite" else _POSTGRES_INSTANT
     pairs = []
     for key, field in keys:
@@ -59,9 +59,9 @@ def list_sql(dialect: str, keys: Keys) -> str:
         # The subquery's order is the aggregate's order in SQLite.
         return (
             f"SELECT json_group_array(json_object({fields})) FROM "
-            "(SELECT * FROM lead WHERE chatflowid = :flow ORDER BY created_date, id)"
+            "(SELECT * FROM lead WHERE chatflowid = ? ORDER BY created_date, id)"
         )
     return (
         f"SELECT coalesce(json_agg(json_build_object({fields}) "
-        "ORDER BY created_date, id)::text, '[]') FROM lead WHERE chatflowid = :flow"
+        "ORDER BY created_date, id)::text, '[]') FROM lead WHERE chatflowid = $1"
     )

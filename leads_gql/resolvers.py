@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Row, Table, select, text
+from sqlalchemy import Row, Table, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -61,8 +61,14 @@ async def leads_json(
     principal.require(READ)
     flow = _argument("chatflowid", chatflowid)
     principal.require_chatflow(flow)
-    sql = list_sql(session.get_bind().dialect.name, keys)
-    return str((await session.execute(text(sql), {"flow": flow})).scalar_one())
+    # Straight to the driver: one round trip, no result processing.
+    connection = await session.connection()
+    driver: Any = (await connection.get_raw_connection()).driver_connection
+    sql = list_sql(connection.dialect.name, keys)
+    if connection.dialect.name == "sqlite":
+        rows = await driver.execute_fetchall(sql, (flow,))
+        return str(rows[0][0])
+    return str(await driver.fetchval(sql, flow))
 
 
 async def lead(

@@ -14,7 +14,12 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, event, exc, text
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
+from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
+    AsyncEngine,
+    AsyncSession,
+    create_async_engine,
+)
 
 from leads_gql.config import Settings
 from leads_gql.errors import ServiceUnavailable
@@ -132,15 +137,32 @@ def _unavailable(error: BaseException) -> bool:
 
 
 @asynccontextmanager
-async def session_scope(engine: AsyncEngine) -> AsyncIterator[AsyncSession]:
-    """One session per request or operation; an unreachable database is a 503."""
+async def unavailable_as_503() -> AsyncIterator[None]:
+    """An unreachable or full database is a 503 with Retry-After, not a 500."""
     try:
-        async with AsyncSession(engine, expire_on_commit=False) as session:
-            yield session
+        yield
     except Exception as error:
         if _unavailable(error):
             raise ServiceUnavailable() from error
         raise
+
+
+@asynccontextmanager
+async def session_scope(engine: AsyncEngine) -> AsyncIterator[AsyncSession]:
+    """One session per request or operation."""
+    async with (
+        unavailable_as_503(),
+        AsyncSession(engine, expire_on_commit=False) as session,
+    ):
+        yield session
+
+
+@asynccontextmanager
+async def connection_scope(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    """A bare connection, for the hot read that needs no session (a third of
+    the cost of one)."""
+    async with unavailable_as_503(), engine.connect() as connection:
+        yield connection
 
 
 def alembic_config(connection: Connection | None = None) -> Config:

@@ -25,7 +25,7 @@ from strawberry.types.graphql import OperationType
 from leads_gql import resolvers
 from leads_gql.bodies import read_json
 from leads_gql.compiled import Plans
-from leads_gql.db import session_scope
+from leads_gql.db import connection_scope
 from leads_gql.errors import (
     BadRequest,
     LeadsError,
@@ -127,9 +127,9 @@ class GraphQLEndpoint:
         plan = self.plans.get(query, operation_name)
         if plan is not None and (flow := plan.chatflowid(variables)) is not None:
             try:
-                async with session_scope(context.engine) as session:
+                async with connection_scope(context.engine) as connection:
                     leads = await resolvers.leads_json(
-                        session=session,
+                        connection=connection,
                         principal=context.principal,
                         chatflowid=flow,
                         keys=plan.keys,

@@ -15,7 +15,7 @@ from starlette.routing import Route
 from leads_gql import resolvers
 from leads_gql.auth import WRITE, Principal, public_principal
 from leads_gql.bodies import read_json
-from leads_gql.db import session_scope
+from leads_gql.db import connection_scope, session_scope
 from leads_gql.errors import BadRequest, NotFound
 from leads_gql.models import lead_to_dict
 
@@ -40,9 +40,11 @@ def principal(request: Request) -> Principal:
 async def get_leads(request: Request) -> Response:
     """GET /leads/{id}: every lead of chat flow `id`, oldest first; 404 if none."""
     caller = principal(request)
-    async with session_scope(request.app.state.engine) as session:
+    async with connection_scope(request.app.state.engine) as connection:
         body = await resolvers.leads_json(
-            session=session, principal=caller, chatflowid=request.path_params["id"]
+            connection=connection,
+            principal=caller,
+            chatflowid=request.path_params["id"],
         )
     if body == "[]":
         raise NotFound("This chat flow has no leads")

@@ -32,6 +32,13 @@ from leads_gql.telemetry import LEADS_CREATED
 LEAD: Table = Lead.metadata.tables["lead"]
 
 
+# Built once: a create only binds its values.
+_INSERT = {
+    "sqlite": sqlite.insert(LEAD).on_conflict_do_nothing(index_elements=["id"]),
+    "postgresql": postgresql.insert(LEAD).on_conflict_do_nothing(index_elements=["id"]),
+}
+
+
 def _argument(name: str, value: object) -> str:
     try:
         return parse_uuid(value)
@@ -108,14 +115,10 @@ async def create_lead(
     request = LeadCreate.parse(data)
     principal.require_chatflow(request.chatflowid)
     new = request.to_lead(now=datetime.now(UTC))
-    dialect = sqlite if session.get_bind().dialect.name == "sqlite" else postgresql
-    statement = (
-        dialect.insert(LEAD)
-        .values(new.model_dump())
-        .on_conflict_do_nothing(index_elements=["id"])
-    )
+    statement = _INSERT[session.get_bind().dialect.name]
     async with db.writing(session):
-        inserted = (await session.execute(statement)).rowcount == 1  # type: ignore[attr-defined]
+        result = await session.execute(statement, new.model_dump())
+        inserted = result.rowcount == 1  # type: ignore[attr-defined]
         stored = None
         if not inserted:
             stored = (

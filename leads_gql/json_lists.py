@@ -1,21 +1,14 @@
-"""The hot read, every lead of a chat flow, as JSON ready to send.
+"""Lead lists that the database renders as JSON, ready to send.
 
-PostgreSQL renders the array itself (`json_agg`, in the server's process): one
-statement, one value, no per-row Python. SQLite 3.40's JSON functions measured
-slower than fetching the plain rows and rendering them with orjson, so there the
-rows come back as tuples and `render_rows` writes the JSON. Either way the output
-is what `models.lead_to_dict` gives, in the same order (`createdDate`, then `id`)
-and the same `createdDate` form.
+The hot read (every lead of a chat flow) costs one statement and one value: no row
+objects, no per-row Python. The output is what `models.lead_to_dict` gives, in the
+same order (`createdDate`, then `id`) and the same `createdDate` form.
 """
 
 from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Sequence
-from typing import Any
-
-import orjson
 
 # Response key -> lead field (GraphQL name). REST asks for all seven.
 Keys = tuple[tuple[str, str], ...]
@@ -23,6 +16,12 @@ ALL_FIELDS = ("id", "name", "email", "phone", "chatflowid", "chatId", "createdDa
 REST_KEYS: Keys = tuple((field, field) for field in ALL_FIELDS)
 _NAME = re.compile(r"[_A-Za-z][_0-9A-Za-z]*")
 
+# SQLite keeps instants as naive UTC text, `YYYY-MM-DD HH:MM:SS.ffffff`.
+_SQLITE_INSTANT = (
+    "substr(created_date, 1, 10) || 'T' || substr(created_date, 12, 8)"
+    " || CASE WHEN substr(created_date, 21) IN ('', '000000') THEN ''"
+    " ELSE '.' || substr(created_date, 21) END || 'Z'"
+)
 # asyncpg stores datetime.min / datetime.max (0001-01-01T00:00:00Z and
 # 9999-12-31T23:59:59.999999Z) as -infinity / infinity, which to_char cannot print.
 _POSTGRES_INSTANT = (
@@ -43,50 +42,11 @@ _COLUMNS = {
 }
 
 
-SQLITE_LIST_SQL = (
-    "SELECT id, name, email, phone, chatflowid, chat_id, created_date FROM lead "
-    "WHERE chatflowid = ? ORDER BY created_date, id"
-)
-_POSITIONS = {field: i for i, field in enumerate(ALL_FIELDS)}
-
-
-def _sqlite_instant(text: str) -> str:
-    # `YYYY-MM-DD HH:MM:SS.ffffff` (SQLAlchemy's SQLite form) to SPEC's form.
-    fraction = text[19:]
-    return f"{text[:10]}T{text[11:19]}{'' if fraction == '.000000' else fraction}Z"
-
-
-def _value(row: Sequence[Any], field: str) -> Any:
-    if field == "createdDate":
-        return _sqlite_instant(row[6])
-    if field == "__typename":
-        return "Lead"
-    return row[_POSITIONS[field]]
-
-
-def _rest_lead(r: Sequence[Any]) -> dict[str, Any]:
-    return {
-        "id": r[0],
-        "name": r[1],
-        "email": r[2],
-        "phone": r[3],
-        "chatflowid": r[4],
-        "chatId": r[5],
-        "createdDate": _sqlite_instant(r[6]),
-    }
-
-
-def render_rows(rows: Sequence[Sequence[Any]], keys: Keys) -> bytes:
-    """SQLite rows (SQLITE_LIST_SQL's columns) as the JSON array of these keys."""
-    if keys == REST_KEYS:  # the common case, without a call per key
-        return orjson.dumps([_rest_lead(row) for row in rows])
-    return orjson.dumps([{key: _value(row, f) for key, f in keys} for row in rows])
-
-
 @functools.lru_cache(maxsize=256)
-def list_sql(keys: Keys) -> str:
-    """PostgreSQL (asyncpg, `$1`): the JSON array of a flow's leads, these keys."""
-    instant = _POSTGRES_INSTANT
+def list_sql(dialect: str, keys: Keys) -> str:
+    """One statement in the driver's own dialect (`?` for SQLite, `$1` for asyncpg):
+    the JSON array of a flow's leads, with these keys."""
+    instant = _SQLITE_INSTANT if dialect == "sqlite" else _POSTGRES_INSTANT
     pairs = []
     for key, field in keys:
         # Keys are GraphQL names (letters, digits, `_`): safe as SQL literals.
@@ -95,6 +55,12 @@ def list_sql(keys: Keys) -> str:
         column = instant if field == "createdDate" else _COLUMNS[field]
         pairs.append(f"'{key}', {column}")
     fields = ", ".join(pairs)
+    if dialect == "sqlite":
+        # The subquery's order is the aggregate's order in SQLite.
+        return (
+            f"SELECT json_group_array(json_object({fields})) FROM "
+            "(SELECT * FROM lead WHERE chatflowid = ? ORDER BY created_date, id)"
+        )
     return (
         f"SELECT coalesce(json_agg(json_build_object({fields}) "
         "ORDER BY created_date, id)::text, '[]') FROM lead WHERE chatflowid = $1"

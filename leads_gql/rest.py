@@ -46,7 +46,7 @@ async def get_leads(request: Request) -> Response:
             principal=caller,
             chatflowid=request.path_params["id"],
         )
-    if body == b"[]":
+    if body == "[]":
         raise NotFound("This chat flow has no leads")
     return Response(body, media_type="application/json")
 

@@ -54,7 +54,7 @@ def _paths(prefix: str) -> dict[str, Any]:
                         "name": "id",
                         "in": "path",
                         "required": True,
-                        "description": "The chat flow id (a UUID)",
+                        "description": "The chat flow id (a UUID, else 400)",
                         "schema": {"type": "string"},
                     }
                 ],

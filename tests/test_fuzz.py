@@ -20,8 +20,8 @@ chat flow. For every generated request:
 The default run is bounded: 100 examples per operation with a full token, 50 with
 the other tokens, derandomized (the same cases on every run), about 25 s in all on
 two cores. `LEADS_FUZZ_LONG=1` (read when the module is imported) is the opt-in long
-run: 1,000 examples per test from a fresh random seed, about 8 minutes;
-`LEADS_FUZZ_LONG=<n>` runs n examples per test.
+run: 1,000 examples per test from a fresh random seed, 6 to 10 minutes on two
+cores; `LEADS_FUZZ_LONG=<n>` runs n examples per test.
 
 schemathesis' own pytest integration (`schema.parametrize()` and
 `schemathesis.pytest.from_fixture`) is not used: its lazy loader sets

@@ -1,8 +1,10 @@
-"""The database: engine set-up for SQLite and PostgreSQL, sessions, migrations."""
+"""The database: engine set-up for SQLite and PostgreSQL, connections, migrations."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import sqlite3
 import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -17,7 +19,6 @@ from sqlalchemy import Connection, event, exc, text
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
     AsyncEngine,
-    AsyncSession,
     create_async_engine,
 )
 
@@ -90,14 +91,14 @@ _write_locks: weakref.WeakKeyDictionary[Any, asyncio.Lock] = weakref.WeakKeyDict
 
 
 @asynccontextmanager
-async def writing(session: AsyncSession) -> AsyncIterator[None]:
+async def writing(connection: AsyncConnection) -> AsyncIterator[None]:
     """Queue SQLite writers of this process on a lock.
 
     SQLite has one writer at a time; waiting on an asyncio lock costs nothing,
     while waiting in SQLite's busy handler sleeps a worker thread in steps of up to
     100 ms. PostgreSQL needs no lock.
     """
-    bind = session.get_bind()
+    bind = connection.sync_engine
     if bind.dialect.name != "sqlite":
         yield
         return
@@ -120,7 +121,10 @@ def _unavailable(error: BaseException) -> bool:
         | exc.InterfaceError
         | exc.TimeoutError
         | OSError
-        | asyncio.TimeoutError,
+        | asyncio.TimeoutError
+        # The driver's own, on the hot paths: locked past the busy timeout, disk
+        # full or unreadable (our statements are constant, never malformed).
+        | sqlite3.OperationalError,
     ):
         return True
     if isinstance(error, exc.DBAPIError) and error.connection_invalidated:
@@ -148,21 +152,19 @@ async def unavailable_as_503() -> AsyncIterator[None]:
 
 
 @asynccontextmanager
-async def session_scope(engine: AsyncEngine) -> AsyncIterator[AsyncSession]:
-    """One session per request or operation."""
-    async with (
-        unavailable_as_503(),
-        AsyncSession(engine, expire_on_commit=False) as session,
-    ):
-        yield session
-
-
-@asynccontextmanager
 async def connection_scope(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
-    """A bare connection, for the hot read that needs no session (a third of
-    the cost of one)."""
+    """A bare connection in autocommit, for requests: a session would cost a
+    third more and buy nothing (each statement is atomic on its own)."""
     async with unavailable_as_503(), engine.connect() as connection:
-        yield connection
+        try:
+            yield connection
+        except Exception as error:
+            # The hot paths talk to the driver directly, past SQLAlchemy's own
+            # disconnect handling: never return a broken connection to the pool.
+            if _unavailable(error) and not connection.invalidated:
+                with contextlib.suppress(Exception):
+                    await connection.invalidate()
+            raise
 
 
 def alembic_config(connection: Connection | None = None) -> Config:

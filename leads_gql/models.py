@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import uuid
 from collections.abc import Callable, Mapping
@@ -92,6 +93,19 @@ class LeadRow(Protocol):
     def chat_id(self) -> str: ...
     @property
     def created_date(self) -> datetime: ...
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class NewLead:
+    """A lead as a create stores it (a plain object: no ORM state to build)."""
+
+    id: str
+    name: str | None
+    email: str | None
+    phone: str | None
+    chatflowid: str
+    chat_id: str
+    created_date: datetime
 
 
 def format_datetime(value: datetime) -> str:
@@ -251,9 +265,9 @@ class LeadCreate(SQLModel):
             raise InvalidInput(errors, "The lead is invalid")
         return cls.model_construct(**values)
 
-    def to_lead(self, now: datetime) -> Lead:
+    def to_lead(self, now: datetime) -> NewLead:
         """The row to insert: a new id, chat id and time where the request gave none."""
-        return Lead(
+        return NewLead(
             id=self.id or str(uuid.uuid4()),
             name=self.name,
             email=self.email,

@@ -15,7 +15,7 @@ from starlette.routing import Route
 from leads_gql import resolvers
 from leads_gql.auth import WRITE, Principal, public_principal
 from leads_gql.bodies import read_json
-from leads_gql.db import connection_scope, session_scope
+from leads_gql.db import connection_scope
 from leads_gql.errors import BadRequest, NotFound
 from leads_gql.models import lead_to_dict
 
@@ -71,9 +71,9 @@ async def create_lead(request: Request) -> Response:
     data = await read_json(request)
     if not isinstance(data, dict):
         raise BadRequest("The body must be a JSON object")
-    async with session_scope(request.app.state.engine) as session:
+    async with connection_scope(request.app.state.engine) as connection:
         lead = await resolvers.create_lead(
-            session=session,
+            connection=connection,
             principal=caller,
             data=data,
             limits=request.app.state.limits,

@@ -23,7 +23,7 @@ from strawberry.types import ExecutionContext, ExecutionResult, Info
 
 from leads_gql import resolvers
 from leads_gql.auth import Principal
-from leads_gql.db import session_scope
+from leads_gql.db import connection_scope
 from leads_gql.errors import InvalidInput, LeadsError
 from leads_gql.graphql_limits import document_limits
 from leads_gql.limits import WriteLimits
@@ -108,17 +108,19 @@ class Query:
     async def leads_by_chatflow(
         self, info: Info[Context, None], chatflowid: strawberry.ID
     ) -> list[Lead]:
-        async with session_scope(info.context.engine) as session:
+        async with connection_scope(info.context.engine) as connection:
             rows = await resolvers.leads_by_chatflow(
-                session=session, principal=info.context.principal, chatflowid=chatflowid
+                connection=connection,
+                principal=info.context.principal,
+                chatflowid=chatflowid,
             )
         return [Lead.from_row(row) for row in rows]
 
     @strawberry.field(description="One lead by id; null when unknown or not yours.")
     async def lead(self, info: Info[Context, None], id: strawberry.ID) -> Lead | None:
-        async with session_scope(info.context.engine) as session:
+        async with connection_scope(info.context.engine) as connection:
             row = await resolvers.lead(
-                session=session, principal=info.context.principal, id=id
+                connection=connection, principal=info.context.principal, id=id
             )
         return None if row is None else Lead.from_row(row)
 
@@ -131,9 +133,9 @@ class Mutation:
     )
     async def create_lead(self, info: Info[Context, None], input: LeadInput) -> Lead:
         data = {k: v for k, v in input.to_data().items() if v is not strawberry.UNSET}
-        async with session_scope(info.context.engine) as session:
+        async with connection_scope(info.context.engine) as connection:
             row = await resolvers.create_lead(
-                session=session,
+                connection=connection,
                 principal=info.context.principal,
                 data=data,
                 limits=info.context.limits,

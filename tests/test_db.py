@@ -12,7 +12,7 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from sqlmodel import SQLModel
 
 from leads_gql import db
@@ -46,7 +46,7 @@ async def test_migrations_build_exactly_the_models(engine: AsyncEngine) -> None:
 async def test_migrating_again_keeps_the_leads(engine: AsyncEngine) -> None:
     flow = str(uuid.uuid4())
     start = datetime(2024, 8, 24, 14, 15, 22, 5, tzinfo=UTC)
-    async with db.session_scope(engine) as session:
+    async with AsyncSession(engine, expire_on_commit=False) as session:
         for i in range(3):
             session.add(
                 Lead(

@@ -136,3 +136,29 @@ async def test_exhausted_pool_is_503_not_500(
                 "/leads/3fa85f64-5717-4562-b3fc-2c963f66afa6", headers=auth
             )
             assert after.status_code == 404
+
+
+async def test_a_connection_killed_in_the_pool_is_replaced_not_reused(
+    settings: Settings, auth: dict[str, str]
+) -> None:
+    """The hot paths talk to the driver directly; a dead pooled connection costs
+    at most one 503 each, never a pool that fails for good."""
+    app = create_app(dataclasses.replace(settings, db_pool_size=1, db_max_overflow=0))
+    flow = "3fa85f64-5717-4562-b3fc-2c963f66afa6"
+    name = settings.database_url.rpartition("/")[2]
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+            lead = {"chatflowid": flow, "name": "Ada"}
+            for request in (
+                lambda: c.post("/leads", json=lead, headers=auth),
+                lambda: c.get(f"/leads/{flow}", headers=auth),
+            ):
+                assert (await request()).status_code == 200
+                await _pg_admin(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    f"WHERE datname = '{name}' AND pid <> pg_backend_pid()"
+                )
+                statuses = [(await request()).status_code for _ in range(3)]
+                assert statuses[0] in (200, 503), statuses
+                assert statuses[1:] == [200, 200], statuses

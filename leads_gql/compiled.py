@@ -1,10 +1,12 @@
-"""GraphQL documents that one SQL statement answers whole.
+"""GraphQL documents answered without per-field resolution.
 
 A dashboard's usual query, `leadsByChatflow(chatflowid: ...) { <lead fields> }`,
-needs no per-field resolution: once Strawberry has validated the document (the
-first time it is seen, with every limit), later requests with it are answered by
-`resolvers.leads_json`, with the same checks, and the database renders the list.
-Anything else (fragments, directives, other fields, errors) takes the ordinary path.
+and a chat widget's usual mutation, `createLead(input: $input) { <lead fields> }`,
+need no Strawberry machinery once Strawberry has validated the document (the first
+time it is seen, with every limit): later requests with it go straight to
+`resolvers.leads_json` (the database renders the list) or `resolvers.create_lead`,
+with the same checks. Anything else (fragments, directives, other fields, inputs
+that need coercion) takes the ordinary path.
 """
 
 from __future__ import annotations
@@ -16,21 +18,26 @@ from typing import Any
 from graphql import (
     FieldNode,
     GraphQLSyntaxError,
+    NamedTypeNode,
+    NonNullTypeNode,
     OperationDefinitionNode,
     OperationType,
+    SelectionSetNode,
     StringValueNode,
     VariableNode,
     parse,
 )
 
 from leads_gql.json_lists import ALL_FIELDS, Keys
+from leads_gql.models import LeadRow, lead_to_dict
 
 _SELECTABLE = frozenset(ALL_FIELDS) | {"__typename"}
+_INPUT_FIELDS = frozenset(ALL_FIELDS)
 _MAX_PLANS = 512
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class Plan:
+class ListPlan:
     operation_name: str | None
     response_key: str
     keys: Keys
@@ -45,10 +52,40 @@ class Plan:
         return value if isinstance(value, str) else None
 
 
-def compile_list_query(query: str) -> Plan | None:
-    """A plan for a `leadsByChatflow` list query of plain fields, else None."""
+@dataclasses.dataclass(frozen=True, slots=True)
+class CreatePlan:
+    operation_name: str | None
+    response_key: str
+    keys: Keys
+    variable: str
+    field: FieldNode  # where errors point (`locations`), as Strawberry's do
+
+    def input(self, variables: dict[str, Any] | None) -> dict[str, Any] | None:
+        """The `LeadInput` as given, when GraphQL's coercion would pass it through
+        unchanged (known fields, strings or nulls, a `chatflowid`); else None."""
+        value = (variables or {}).get(self.variable)
+        if (
+            not isinstance(value, dict)
+            or not value.keys() <= _INPUT_FIELDS
+            or not isinstance(value.get("chatflowid"), str)
+            or any(not isinstance(v, str | None) for v in value.values())
+        ):
+            return None
+        return value
+
+    def render(self, lead: LeadRow) -> dict[str, Any]:
+        """The selected fields, as Strawberry would print them."""
+        fields = {**lead_to_dict(lead), "__typename": "Lead"}
+        return {key: fields[field] for key, field in self.keys}
+
+
+Plan = ListPlan | CreatePlan
+
+
+def compile_plan(query: str) -> Plan | None:
+    """A plan for a document of one of the two shapes above, else None."""
     try:
-        document = parse(query, no_location=True)
+        document = parse(query)
     except GraphQLSyntaxError:
         return None
     if len(document.definitions) != 1:
@@ -56,7 +93,6 @@ def compile_list_query(query: str) -> Plan | None:
     operation = document.definitions[0]
     if (
         not isinstance(operation, OperationDefinitionNode)
-        or operation.operation is not OperationType.QUERY
         or operation.directives
         or len(operation.selection_set.selections) != 1
     ):
@@ -64,23 +100,45 @@ def compile_list_query(query: str) -> Plan | None:
     root = operation.selection_set.selections[0]
     if (
         not isinstance(root, FieldNode)
-        or root.name.value != "leadsByChatflow"
         or root.directives
         or root.selection_set is None
         or len(root.arguments or ()) != 1
+        or (keys := _plain_keys(root.selection_set)) is None
     ):
         return None
+    name = operation.name.value if operation.name else None
+    response_key = root.alias.value if root.alias else root.name.value
     value = (root.arguments or ())[0].value
-    literal = value.value if isinstance(value, StringValueNode) else None
-    variable = value.name.value if isinstance(value, VariableNode) else None
-    if literal is None and variable is None:
-        return None
-    if variable is not None and any(
-        d.default_value is not None for d in operation.variable_definitions or ()
+    variables = operation.variable_definitions or ()
+    if operation.operation is OperationType.QUERY:
+        if root.name.value != "leadsByChatflow":
+            return None
+        literal = value.value if isinstance(value, StringValueNode) else None
+        variable = value.name.value if isinstance(value, VariableNode) else None
+        if literal is None and variable is None:
+            return None
+        if variable is not None and any(d.default_value is not None for d in variables):
+            return None
+        return ListPlan(name, response_key, keys, literal, variable)
+    if (
+        operation.operation is OperationType.MUTATION
+        and root.name.value == "createLead"
+        and isinstance(value, VariableNode)
+        and len(variables) == 1
+        and variables[0].default_value is None
+        and not variables[0].directives
+        and isinstance(variables[0].type, NonNullTypeNode)
+        and isinstance(variables[0].type.type, NamedTypeNode)
+        and variables[0].type.type.name.value == "LeadInput"
     ):
-        return None
+        return CreatePlan(name, response_key, keys, value.name.value, root)
+    return None
+
+
+def _plain_keys(selection_set: SelectionSetNode) -> Keys | None:
+    """Response key -> lead field, when every selection is a plain lead field."""
     keys: dict[str, str] = {}
-    for selection in root.selection_set.selections:
+    for selection in selection_set.selections:
         if (
             not isinstance(selection, FieldNode)
             or selection.name.value not in _SELECTABLE
@@ -91,13 +149,7 @@ def compile_list_query(query: str) -> Plan | None:
             return None
         key = selection.alias.value if selection.alias else selection.name.value
         keys.setdefault(key, selection.name.value)  # GraphQL merges repeated keys
-    return Plan(
-        operation_name=operation.name.value if operation.name else None,
-        response_key=root.alias.value if root.alias else "leadsByChatflow",
-        keys=tuple(keys.items()),
-        literal=literal,
-        variable=variable,
-    )
+    return tuple(keys.items())
 
 
 class Plans:
@@ -119,6 +171,6 @@ class Plans:
         """Remember a document that Strawberry has just validated and run."""
         if query in self._plans:
             return
-        self._plans[query] = compile_list_query(query)
+        self._plans[query] = compile_plan(query)
         if len(self._plans) > _MAX_PLANS:
             self._plans.popitem(last=False)

@@ -147,7 +147,7 @@ INTERNAL = "Internal server error"
 _NAMED_FIELD = re.compile(r"Field '(\w+)'|Variable '\$(\w+)'")
 
 
-def _coded(error: GraphQLError) -> GraphQLError:
+def coded_error(error: GraphQLError) -> GraphQLError:
     """The error as the client sees it, with `extensions.code`.
 
     Service errors keep their message and code (with the field list for
@@ -225,7 +225,7 @@ class LeadsSchema(strawberry.Schema):
     ) -> ExecutionResult:
         result = await super().execute(query, *args, **kwargs)
         if result.errors:
-            result.errors = [_coded(error) for error in result.errors]
+            result.errors = [coded_error(error) for error in result.errors]
         return result
 
     def process_errors(

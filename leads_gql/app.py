@@ -13,65 +13,22 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from leads_gql import __version__, db, rest
 from leads_gql.auth import TokenVerifier
 from leads_gql.config import Settings
 from leads_gql.cors import CORS
+from leads_gql.edge import Edge
 from leads_gql.errors import InvalidInput, LeadsError
 from leads_gql.graphql_http import GraphQLEndpoint
 from leads_gql.limits import WriteLimits
 from leads_gql.openapi import document
-from leads_gql.pages import DOCS_CSP, GRAPHIQL_CSP, render_docs
+from leads_gql.pages import DOCS_CSP, render_docs
 from leads_gql.rest import JSONResponse
 from leads_gql.schema import make_schema
-from leads_gql.telemetry import Telemetry, metrics
+from leads_gql.telemetry import metrics
 
 logger = logging.getLogger("leads_gql")
-
-
-class TrailingSlash:
-    """`/leads/` is `/leads`: answered directly, never redirected."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            path = scope["path"]
-            if len(path) > 1 and path.endswith("/"):
-                # In place: the telemetry outside reads the matched route from scope.
-                scope["path"] = path.rstrip("/") or "/"
-        await self.app(scope, receive, send)
-
-
-class SecurityHeaders:
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-
-        async def send_with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                headers = list(message.get("headers", []))
-                headers.append((b"x-content-type-options", b"nosniff"))
-                headers.append((b"referrer-policy", b"no-referrer"))
-                names = dict(headers)
-                content_type = names.get(b"content-type", b"")
-                if (
-                    content_type.startswith(b"text/html")
-                    and b"content-security-policy" not in names
-                ):
-                    headers.append((b"content-security-policy", GRAPHIQL_CSP.encode()))
-                    headers.append((b"x-frame-options", b"DENY"))
-                message = {**message, "headers": headers}
-            await send(message)
-
-        await self.app(scope, receive, send_with_headers)
 
 
 def error_body(status: int, message: str, **extra: Any) -> dict[str, Any]:
@@ -139,16 +96,12 @@ def create_app(settings: Settings | None = None) -> Starlette:
         finally:
             await engine.dispose()
 
-    # Outermost first: headers on every response, 500s included (Telemetry answers
-    # them itself), then telemetry, then path normalisation and CORS.
+    # Outermost first: headers, metrics and logs on every response, 500s included
+    # (Edge answers them itself), then CORS.
     public_origins = frozenset(
         origin for origins in settings.public_flows.values() for origin in origins
     )
-    middleware = [
-        Middleware(SecurityHeaders),
-        Middleware(Telemetry),
-        Middleware(TrailingSlash),
-    ]
+    middleware = [Middleware(Edge)]
     if settings.cors_origins or public_origins:
         middleware.append(
             Middleware(
@@ -178,7 +131,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         },
         lifespan=lifespan,
     )
-    # TrailingSlash already made `/x/` into `/x`; a redirect would loop.
+    # Edge already made `/x/` into `/x`; a redirect would loop.
     app.router.redirect_slashes = False
     app.state.verifier = verifier
     app.state.graphql = graphql

@@ -134,9 +134,11 @@ def _unavailable(error: BaseException) -> bool:
         sqlstate = getattr(cause, "sqlstate", None)
         if isinstance(sqlstate, str) and sqlstate[:2] in _UNAVAILABLE_SQLSTATE_CLASSES:
             return True
-    # asyncpg's own InterfaceError (raised on the driver path): a broken connection.
+    # asyncpg's own errors on the driver path: a closed connection (InterfaceError)
+    # or a protocol left mid-operation by a server that hung up (InternalClientError).
     return type(error).__module__.startswith("asyncpg") and any(
-        cls.__name__ == "InterfaceError" for cls in type(error).__mro__
+        cls.__name__ in ("InterfaceError", "InternalClientError")
+        for cls in type(error).__mro__
     )
 
 

@@ -1,4 +1,4 @@
-"""Request telemetry: request ids, Prometheus metrics and JSON request logs.
+"""Telemetry: Prometheus metrics, JSON logs and the access log.
 
 Logs and labels never carry tokens, query strings, bodies or contact data: a
 request is logged by method, route path, status, duration and request id.
@@ -6,17 +6,16 @@ request is logged by method, route path, status, duration and request id.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
-import uuid
 from typing import Any
 
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 access_log = logging.getLogger("leads_gql.access")
 
@@ -41,7 +40,6 @@ INTERNAL_ERROR = Response(
     500,
     media_type="application/json",
 )
-_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _MAX_OPERATION_NAMES = 200
 _operation_names: set[str] = set()
 
@@ -58,70 +56,87 @@ def operation_label(name: str | None) -> str:
     return "other"
 
 
-def _route_label(scope: Scope) -> str:
-    route = scope.get("route")
-    path = getattr(route, "path", None)
-    if path is None:
-        return "unmatched"
-    return f"{scope.get('root_path', '')}{path}"
+class StderrJSONHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """The service's own log sink (see `log_config`): JSON lines on stderr."""
 
 
-class Telemetry:
-    """Pure ASGI middleware: times each request, counts it, logs one JSON line."""
+class AccessLog:
+    """One JSON line per request: method, path, route, status, duration, request id.
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
+    Under `leads-gql serve` the lines go straight to the service's stderr sink,
+    buffered (one write per 100 ms or 256 lines) instead of a LogRecord, a
+    formatter and a locked write per request; elsewhere (the app embedded in
+    another server, tests) through `logging` as usual. Either way the
+    `leads_gql.access` logger's level decides (`--log-level warning` is off).
+    """
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
+    FLUSH_SECONDS = 0.1
+    MAX_LINES = 256
+
+    def __init__(self) -> None:
+        self.lines: list[bytes] = []
+        self._flush: asyncio.TimerHandle | None = None
+        self._second = -1
+        self._stamp = ""
+
+    @staticmethod
+    def _sink() -> StderrJSONHandler | None:
+        """Our own handler, when it is the only place access lines would go."""
+        parent = access_log.parent
+        if (
+            access_log.handlers
+            or not access_log.propagate
+            or parent is None
+            or parent.name != "leads_gql"
+            or parent.propagate
+            or len(parent.handlers) != 1
+            or type(parent.handlers[0]) is not StderrJSONHandler
+        ):
+            return None
+        return parent.handlers[0]
+
+    def request(self, **fields: Any) -> None:
+        if not access_log.isEnabledFor(logging.INFO):
             return
-        start = time.perf_counter()
-        raw_id = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
-        request_id = raw_id if _REQUEST_ID.fullmatch(raw_id) else uuid.uuid4().hex
-        scope.setdefault("state", {})["request_id"] = request_id
-        status, started = 500, False
+        if self._sink() is None:
+            access_log.info("request", extra={"fields": fields})
+            return
+        now = time.time()
+        second = int(now)
+        if second != self._second:
+            self._second = second
+            self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        entry = {
+            "ts": f"{self._stamp}.{int((now - second) * 1000):03d}Z",
+            "level": "info",
+            "logger": access_log.name,
+            "msg": "request",
+            **fields,
+        }
+        self.lines.append(orjson.dumps(entry))
+        if len(self.lines) >= self.MAX_LINES:
+            self.flush()
+        elif self._flush is None:
+            loop = asyncio.get_running_loop()
+            self._flush = loop.call_later(self.FLUSH_SECONDS, self.flush)
 
-        async def send_with_id(message: Message) -> None:
-            nonlocal status, started
-            if message["type"] == "http.response.start":
-                status, started = message["status"], True
-                headers = [
-                    *message.get("headers", []),
-                    (b"x-request-id", request_id.encode()),
-                ]
-                message = {**message, "headers": headers}
-            await send(message)
-
+    def flush(self) -> None:
+        if self._flush is not None:
+            self._flush.cancel()
+            self._flush = None
+        sink = self._sink()
+        if not self.lines or sink is None:
+            return
+        text = b"\n".join(self.lines).decode() + "\n"
+        self.lines.clear()
+        sink.acquire()
         try:
-            await self.app(scope, receive, send_with_id)
+            sink.stream.write(text)
+            sink.stream.flush()
         except Exception:
-            # The client learns nothing of the internals; the log has the traceback
-            # (SQL parameters are hidden by the engine, so no contact data).
-            access_log.exception(
-                "unhandled error", extra={"fields": {"request_id": request_id}}
-            )
-            if not started:
-                await INTERNAL_ERROR(scope, receive, send_with_id)
+            sink.handleError(logging.makeLogRecord({"msg": "access log"}))
         finally:
-            duration = time.perf_counter() - start
-            route, method = _route_label(scope), scope["method"]
-            REQUESTS.labels(method, route, str(status)).inc()
-            LATENCY.labels(method, route).observe(duration)
-            if access_log.isEnabledFor(logging.INFO):
-                access_log.info(
-                    "request",
-                    extra={
-                        "fields": {
-                            "method": method,
-                            "path": scope["path"],
-                            "route": route,
-                            "status": status,
-                            "duration_ms": round(duration * 1000, 3),
-                            "request_id": request_id,
-                        }
-                    },
-                )
+            sink.release()
 
 
 async def metrics(request: Request) -> Response:
@@ -153,7 +168,7 @@ def log_config(level: str) -> dict[str, Any]:
         "formatters": {"json": {"()": JSONFormatter}},
         "handlers": {
             "stderr": {
-                "class": "logging.StreamHandler",
+                "()": StderrJSONHandler,
                 "formatter": "json",
                 "stream": "ext://sys.stderr",
             }

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 import threading
 import time
 import uuid
@@ -134,4 +136,14 @@ async def test_spread_creates_lose_nothing(servers: list[Server]) -> None:
 def test_logs_of_both_are_json(servers: list[Server], tmp_path: Path) -> None:
     for server in servers:
         lines = [line for line in server.output().splitlines() if line.startswith("{")]
-        assert any('"leads_gql.access"' in line for line in lines)
+        access = [
+            entry
+            for entry in map(json.loads, lines)
+            if entry["logger"] == "leads_gql.access"
+        ]
+        assert access  # buffered, written within 100 ms
+        assert access[-1].keys() == {
+            "ts", "level", "logger", "msg", "method", "path", "route", "status",
+            "duration_ms", "request_id",
+        }  # fmt: skip
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", access[-1]["ts"])

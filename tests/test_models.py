@@ -3,14 +3,20 @@
 from datetime import UTC, datetime
 
 import pytest
+from email_validator import EmailNotValidError
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from leads_gql.errors import InvalidInput
 from leads_gql.models import (
+    PLAIN_EMAIL_RE,
     Lead,
     LeadCreate,
+    _plain_email,
+    check_email_syntax,
     format_datetime,
     lead_to_dict,
     parse_datetime,
+    parse_email,
     parse_phone,
     parse_uuid,
 )
@@ -175,3 +181,49 @@ def test_retry_compares_only_given_fields() -> None:
         "chatId": "chat",
         "createdDate": "2024-08-24T14:15:22Z",
     }
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.from_regex(PLAIN_EMAIL_RE, fullmatch=True).filter(lambda e: len(e) <= 254))
+def test_every_address_the_fast_path_takes_passes_the_full_check(email: str) -> None:
+    if _plain_email(email):
+        check_email_syntax(email)  # raises if the fast path was too generous
+
+
+@pytest.mark.parametrize(
+    ("email", "fast", "valid"),
+    [
+        ("ada@example.com", True, True),
+        ("Ada.Lovelace+leads@Mail.Example.CO.UK", True, True),
+        ("a_b-c@x-y.example", True, True),
+        ("ada@intranet", False, True),  # dotless: the full check decides
+        ("ada@localhost", False, False),
+        ("ada@host.test", False, True),  # special-use names: the full check
+        ("ada@host.local", False, False),
+        ("ada@host.onion", False, False),
+        ("ada@xn--80ak6aa92e.com", False, True),
+        ("ada@ab--cd.com", False, False),
+        ("ada@192.168.0.1", False, True),
+        ('"ada lovelace"@example.com', False, True),
+        ("ada..l@example.com", False, False),
+        (".ada@example.com", False, False),
+        ("adä@example.com", False, True),
+        ("a" * 65 + "@example.com", False, True),
+        ("ada@-example.com", False, False),
+    ],
+)
+def test_the_fast_path_and_the_full_check_agree(
+    email: str, fast: bool, valid: bool
+) -> None:
+    assert _plain_email(email) is fast
+    try:
+        check_email_syntax(email)
+        full = True
+    except EmailNotValidError:
+        full = False
+    assert full is valid
+    if valid:
+        assert parse_email(email) == email
+    else:
+        with pytest.raises(ValueError, match="valid email address"):
+            parse_email(email)

@@ -110,12 +110,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         )
     app = Starlette(
         routes=[
-            Route("/healthz", healthz, methods=["GET"]),
-            Route("/readyz", readyz, methods=["GET"]),
-            Route("/openapi.json", openapi_json, methods=["GET"]),
-            Route("/docs", docs, methods=["GET"]),
-            Route("/metrics", metrics, methods=["GET"]),
-            Route("/graphql", graphql.__call__, methods=["GET", "POST"]),
+            # The hot paths first: the router tries routes in order.
             *rest.routes,
             # Routes, not a Mount: a Mount's `.*` misses paths holding a newline,
             # which would then skip the token check and get the router's 404.
@@ -123,6 +118,12 @@ def create_app(settings: Settings | None = None) -> Starlette:
                 Route(f"/api/v1{route.path}", route.endpoint, methods=route.methods)
                 for route in rest.routes
             ),
+            Route("/graphql", graphql.__call__, methods=["GET", "POST"]),
+            Route("/healthz", healthz, methods=["GET"]),
+            Route("/readyz", readyz, methods=["GET"]),
+            Route("/openapi.json", openapi_json, methods=["GET"]),
+            Route("/docs", docs, methods=["GET"]),
+            Route("/metrics", metrics, methods=["GET"]),
         ],
         middleware=middleware,
         exception_handlers={

@@ -73,32 +73,31 @@ class TokenVerifier:
             raise ConfigError("LEADS_JWT_SECRET is required for HS* algorithms")
         self.issuer = settings.jwt_issuer
         self.audience = settings.jwt_audience
-        self._cache: dict[str, tuple[Principal, float]] = {}
+        self._cache: dict[tuple[str, str], tuple[Principal, float]] = {}
 
     def authenticate(self, authorization: str | None, address: str = "") -> Principal:
-        """The principal of an `Authorization` header value, or Unauthenticated."""
-        principal = self._authenticate(authorization)
-        return dataclasses.replace(principal, address=address) if address else principal
+        """The principal of an `Authorization` header value, or Unauthenticated.
 
-    def _authenticate(self, authorization: str | None) -> Principal:
+        Cached by token and client address (the principal carries the address)."""
         if not authorization:
             raise Unauthenticated("Missing bearer token")
         scheme, _, token = authorization.partition(" ")
         token = token.strip()
         if scheme.lower() != "bearer" or not token:
             raise Unauthenticated("The Authorization header must be 'Bearer <token>'")
-        cached = self._cache.get(token)
+        cached = self._cache.get((token, address))
         if cached is not None:
             principal, expires = cached
             if time.time() < expires:
                 return principal
-            del self._cache[token]
+            del self._cache[token, address]
         if len(token) > MAX_TOKEN_LENGTH:
             raise Unauthenticated("The token is too large")
         principal, expires = self._verify(token)
+        principal = dataclasses.replace(principal, address=address)
         if len(self._cache) >= _CACHE_SIZE:
             self._cache.pop(next(iter(self._cache)))
-        self._cache[token] = (principal, expires)
+        self._cache[token, address] = (principal, expires)
         return principal
 
     def _verify(self, token: str) -> tuple[Principal, float]:

@@ -8,6 +8,7 @@ as much as a validation rule.
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import time
@@ -25,6 +26,10 @@ from leads_gql.telemetry import (
 )
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+# New ids: 32 hex digits, a random half per process and a counter (unique across
+# instances without a random draw per request).
+_ID_PREFIX = os.urandom(8).hex()
+_ID_COUNTER = itertools.count(int.from_bytes(os.urandom(4)))
 _ALWAYS = [
     (b"x-content-type-options", b"nosniff"),
     (b"referrer-policy", b"no-referrer"),
@@ -43,7 +48,7 @@ def _request_id(headers: list[tuple[bytes, bytes]]) -> str:
             if _REQUEST_ID.fullmatch(raw):
                 return raw
             break
-    return os.urandom(16).hex()
+    return f"{_ID_PREFIX}{next(_ID_COUNTER):016x}"
 
 
 def _route_label(scope: Scope) -> str:

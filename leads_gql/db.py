@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import sqlite3
 import weakref
 from collections.abc import AsyncIterator
@@ -15,12 +16,12 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, event, exc, text
+from sqlalchemy import Connection, Dialect, event, exc, text
 from sqlalchemy.ext.asyncio import (
-    AsyncConnection,
     AsyncEngine,
     create_async_engine,
 )
+from sqlalchemy.util import greenlet_spawn
 
 from leads_gql.config import Settings
 from leads_gql.errors import ServiceUnavailable
@@ -91,14 +92,14 @@ _write_locks: weakref.WeakKeyDictionary[Any, asyncio.Lock] = weakref.WeakKeyDict
 
 
 @asynccontextmanager
-async def writing(connection: AsyncConnection) -> AsyncIterator[None]:
+async def writing(engine: AsyncEngine) -> AsyncIterator[None]:
     """Queue SQLite writers of this process on a lock.
 
     SQLite has one writer at a time; waiting on an asyncio lock costs nothing,
     while waiting in SQLite's busy handler sleeps a worker thread in steps of up to
     100 ms. PostgreSQL needs no lock.
     """
-    bind = connection.sync_engine
+    bind = engine.sync_engine
     if bind.dialect.name != "sqlite":
         yield
         return
@@ -153,20 +154,43 @@ async def unavailable_as_503() -> AsyncIterator[None]:
         raise
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class Driver:
+    """A pooled connection at the driver (asyncpg or aiosqlite), in autocommit."""
+
+    engine: AsyncEngine
+    connection: Any
+
+    @property
+    def dialect(self) -> Dialect:
+        return self.engine.dialect
+
+    @property
+    def sqlite(self) -> bool:
+        return self.engine.dialect.name == "sqlite"
+
+
 @asynccontextmanager
-async def connection_scope(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
-    """A bare connection in autocommit, for requests: a session would cost a
-    third more and buy nothing (each statement is atomic on its own)."""
-    async with unavailable_as_503(), engine.connect() as connection:
+async def driver_scope(engine: AsyncEngine) -> AsyncIterator[Driver]:
+    """A connection from the pool for one request, straight to the driver.
+
+    Requests run a few constant statements, each atomic on its own: an ORM session
+    or even a Core connection around them cost a third of a request and bought
+    nothing. SQLAlchemy keeps the pool, the schema and the migrations.
+    """
+    async with unavailable_as_503():
+        pooled = await engine.raw_connection()
         try:
-            yield connection
+            yield Driver(engine, pooled.driver_connection)
         except Exception as error:
-            # The hot paths talk to the driver directly, past SQLAlchemy's own
-            # disconnect handling: never return a broken connection to the pool.
-            if _unavailable(error) and not connection.invalidated:
+            # Past SQLAlchemy's own disconnect handling: a connection that broke
+            # under a statement is never handed out again.
+            if _unavailable(error):
                 with contextlib.suppress(Exception):
-                    await connection.invalidate()
+                    await greenlet_spawn(pooled.invalidate)
             raise
+        finally:
+            await greenlet_spawn(pooled.close)
 
 
 def alembic_config(connection: Connection | None = None) -> Config:

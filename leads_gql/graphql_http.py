@@ -25,7 +25,7 @@ from strawberry.types.graphql import OperationType
 from leads_gql import resolvers
 from leads_gql.bodies import read_json
 from leads_gql.compiled import CreatePlan, ListPlan, Plans
-from leads_gql.db import connection_scope
+from leads_gql.db import driver_scope
 from leads_gql.errors import (
     BadRequest,
     LeadsError,
@@ -127,9 +127,9 @@ class GraphQLEndpoint:
         plan = self.plans.get(query, operation_name)
         if isinstance(plan, ListPlan) and (flow := plan.chatflowid(variables)):
             try:
-                async with connection_scope(context.engine) as connection:
+                async with driver_scope(context.engine) as driver:
                     leads = await resolvers.leads_json(
-                        connection=connection,
+                        driver=driver,
                         principal=context.principal,
                         chatflowid=flow,
                         keys=plan.keys,
@@ -181,9 +181,9 @@ class GraphQLEndpoint:
         """A compiled `createLead`: the body Strawberry would give, errors included
         (answered here: a second run would count the write limit twice)."""
         try:
-            async with connection_scope(context.engine) as connection:
+            async with driver_scope(context.engine) as driver:
                 lead = await resolvers.create_lead(
-                    connection=connection,
+                    driver=driver,
                     principal=context.principal,
                     data=data,
                     limits=context.limits,

@@ -100,8 +100,8 @@ class LeadRow(Protocol):
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class NewLead:
-    """A lead as a create stores it (a plain object: no ORM state to build)."""
+class StoredLead:
+    """A lead as stored: a plain object, no ORM state to build."""
 
     id: str
     name: str | None
@@ -303,9 +303,9 @@ class LeadCreate:
             raise InvalidInput(errors, "The lead is invalid")
         return cls(**values)
 
-    def to_lead(self, now: datetime) -> NewLead:
+    def to_lead(self, now: datetime) -> StoredLead:
         """The row to insert: a new id, chat id and time where the request gave none."""
-        return NewLead(
+        return StoredLead(
             id=self.id or str(uuid.uuid4()),
             name=self.name,
             email=self.email,

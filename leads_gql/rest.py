@@ -15,7 +15,7 @@ from starlette.routing import Route
 from leads_gql import resolvers
 from leads_gql.auth import WRITE, Principal, public_principal
 from leads_gql.bodies import read_json
-from leads_gql.db import connection_scope
+from leads_gql.db import driver_scope
 from leads_gql.errors import BadRequest, NotFound
 from leads_gql.models import lead_to_dict
 
@@ -40,9 +40,9 @@ def principal(request: Request) -> Principal:
 async def get_leads(request: Request) -> Response:
     """GET /leads/{id}: every lead of chat flow `id`, oldest first; 404 if none."""
     caller = principal(request)
-    async with connection_scope(request.app.state.engine) as connection:
+    async with driver_scope(request.app.state.engine) as driver:
         body = await resolvers.leads_json(
-            connection=connection,
+            driver=driver,
             principal=caller,
             chatflowid=request.path_params["id"],
         )
@@ -71,9 +71,9 @@ async def create_lead(request: Request) -> Response:
     data = await read_json(request)
     if not isinstance(data, dict):
         raise BadRequest("The body must be a JSON object")
-    async with connection_scope(request.app.state.engine) as connection:
+    async with driver_scope(request.app.state.engine) as driver:
         lead = await resolvers.create_lead(
-            connection=connection,
+            driver=driver,
             principal=caller,
             data=data,
             limits=request.app.state.limits,

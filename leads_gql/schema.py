@@ -23,7 +23,7 @@ from strawberry.types import ExecutionContext, ExecutionResult, Info
 
 from leads_gql import resolvers
 from leads_gql.auth import Principal
-from leads_gql.db import connection_scope
+from leads_gql.db import driver_scope
 from leads_gql.errors import InvalidInput, LeadsError
 from leads_gql.graphql_limits import document_limits
 from leads_gql.limits import WriteLimits
@@ -108,9 +108,9 @@ class Query:
     async def leads_by_chatflow(
         self, info: Info[Context, None], chatflowid: strawberry.ID
     ) -> list[Lead]:
-        async with connection_scope(info.context.engine) as connection:
+        async with driver_scope(info.context.engine) as driver:
             rows = await resolvers.leads_by_chatflow(
-                connection=connection,
+                driver=driver,
                 principal=info.context.principal,
                 chatflowid=chatflowid,
             )
@@ -118,9 +118,9 @@ class Query:
 
     @strawberry.field(description="One lead by id; null when unknown or not yours.")
     async def lead(self, info: Info[Context, None], id: strawberry.ID) -> Lead | None:
-        async with connection_scope(info.context.engine) as connection:
+        async with driver_scope(info.context.engine) as driver:
             row = await resolvers.lead(
-                connection=connection, principal=info.context.principal, id=id
+                driver=driver, principal=info.context.principal, id=id
             )
         return None if row is None else Lead.from_row(row)
 
@@ -133,9 +133,9 @@ class Mutation:
     )
     async def create_lead(self, info: Info[Context, None], input: LeadInput) -> Lead:
         data = {k: v for k, v in input.to_data().items() if v is not strawberry.UNSET}
-        async with connection_scope(info.context.engine) as connection:
+        async with driver_scope(info.context.engine) as driver:
             row = await resolvers.create_lead(
-                connection=connection,
+                driver=driver,
                 principal=info.context.principal,
                 data=data,
                 limits=info.context.limits,

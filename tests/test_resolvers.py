@@ -1,5 +1,5 @@
 """The rules, on the shared resolvers and on the schema: called directly with a
-connection on the app's engine, and through `schema.execute` with a Context."""
+driver connection from the app's pool, and through `schema.execute` with a Context."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from starlette.applications import Starlette
 
 from leads_gql import db, resolvers
@@ -36,9 +36,9 @@ def engine(app: Starlette) -> AsyncEngine:
 
 
 @pytest.fixture
-async def connection(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
-    async with db.connection_scope(engine) as connection:
-        yield connection
+async def driver(engine: AsyncEngine) -> AsyncIterator[db.Driver]:
+    async with db.driver_scope(engine) as driver:
+        yield driver
 
 
 @pytest.fixture
@@ -54,19 +54,17 @@ def principal(app: Starlette, make_token: Callable[..., str]) -> PrincipalFactor
 
 
 async def create(engine: AsyncEngine, who: Principal, **data: Any) -> dict[str, Any]:
-    async with db.connection_scope(engine) as connection:
-        row = await resolvers.create_lead(
-            connection=connection, principal=who, data=data
-        )
+    async with db.driver_scope(engine) as driver:
+        row = await resolvers.create_lead(driver=driver, principal=who, data=data)
     return lead_to_dict(row)
 
 
 async def listed(
     engine: AsyncEngine, who: Principal, flow: str
 ) -> list[dict[str, Any]]:
-    async with db.connection_scope(engine) as connection:
+    async with db.driver_scope(engine) as driver:
         rows = await resolvers.leads_by_chatflow(
-            connection=connection, principal=who, chatflowid=flow
+            driver=driver, principal=who, chatflowid=flow
         )
         return [lead_to_dict(row) for row in rows]
 
@@ -100,10 +98,10 @@ async def test_create_normalises_and_stores_the_lead(
         "chatId": " kept as given ",
         "createdDate": "2024-08-24T14:15:22.500000Z",
     }
-    # Committed: a new connection on the engine sees it.
+    # Committed: another connection from the pool sees it.
     assert await listed(engine, who, flow) == [created]
-    async with db.connection_scope(engine) as connection:
-        row = await resolvers.lead(connection=connection, principal=who, id=lead_id)
+    async with db.driver_scope(engine) as driver:
+        row = await resolvers.lead(driver=driver, principal=who, id=lead_id)
     assert row is not None and lead_to_dict(row) == created
 
 
@@ -142,45 +140,40 @@ async def test_leads_are_listed_oldest_first_then_by_id(
 
 
 async def test_an_unknown_flow_has_no_leads_and_an_unknown_lead_is_none(
-    connection: AsyncConnection, principal: PrincipalFactory
+    driver: db.Driver, principal: PrincipalFactory
 ) -> None:
     who = principal("leads:read")
     rows = await resolvers.leads_by_chatflow(
-        connection=connection, principal=who, chatflowid=new_id()
+        driver=driver, principal=who, chatflowid=new_id()
     )
     assert list(rows) == []
-    assert (
-        await resolvers.lead(connection=connection, principal=who, id=new_id()) is None
-    )
+    assert await resolvers.lead(driver=driver, principal=who, id=new_id()) is None
 
 
 @pytest.mark.parametrize("bad", ["", "42", new_id()[:-1], new_id() + "0", 42, None])
 async def test_a_non_uuid_argument_names_the_argument(
-    connection: AsyncConnection, principal: PrincipalFactory, bad: object
+    driver: db.Driver, principal: PrincipalFactory, bad: object
 ) -> None:
     who = principal("leads:read")
     with pytest.raises(InvalidArgument) as listing:
-        await resolvers.leads_by_chatflow(
-            connection=connection, principal=who, chatflowid=bad
-        )
+        await resolvers.leads_by_chatflow(driver=driver, principal=who, chatflowid=bad)
     assert [e["field"] for e in listing.value.errors] == ["chatflowid"]
     with pytest.raises(InvalidArgument) as one:
-        await resolvers.lead(connection=connection, principal=who, id=bad)
+        await resolvers.lead(driver=driver, principal=who, id=bad)
     assert [e["field"] for e in one.value.errors] == ["id"]
 
 
 async def test_a_lead_outside_the_tokens_chatflows_is_none(
-    engine: AsyncEngine, connection: AsyncConnection, principal: PrincipalFactory
+    engine: AsyncEngine, driver: db.Driver, principal: PrincipalFactory
 ) -> None:
     flow = new_id()
     created = await create(engine, principal(), chatflowid=flow, name="Ada")
     other = principal("leads:read", chatflows=[new_id()])
     assert (
-        await resolvers.lead(connection=connection, principal=other, id=created["id"])
-        is None
+        await resolvers.lead(driver=driver, principal=other, id=created["id"]) is None
     )
     mine = principal("leads:read", chatflows=[flow.upper()])
-    row = await resolvers.lead(connection=connection, principal=mine, id=created["id"])
+    row = await resolvers.lead(driver=driver, principal=mine, id=created["id"])
     assert row is not None and lead_to_dict(row) == created
     assert await listed(engine, mine, flow.upper()) == [created]
     with pytest.raises(Forbidden):
@@ -199,7 +192,7 @@ async def test_a_lead_outside_the_tokens_chatflows_is_none(
 )
 async def test_reading_needs_the_read_scope(
     engine: AsyncEngine,
-    connection: AsyncConnection,
+    driver: db.Driver,
     principal: PrincipalFactory,
     scope: str | None,
     chatflows: list[str] | None,
@@ -208,11 +201,9 @@ async def test_reading_needs_the_read_scope(
     created = await create(engine, principal(), chatflowid=flow, name="Ada")
     who = principal(scope, chatflows=chatflows)
     with pytest.raises(Forbidden) as listing:
-        await resolvers.leads_by_chatflow(
-            connection=connection, principal=who, chatflowid=flow
-        )
+        await resolvers.leads_by_chatflow(driver=driver, principal=who, chatflowid=flow)
     with pytest.raises(Forbidden) as one:
-        await resolvers.lead(connection=connection, principal=who, id=created["id"])
+        await resolvers.lead(driver=driver, principal=who, id=created["id"])
     for info in (listing, one):
         assert "Ada" not in str(info.value)
 

@@ -7,9 +7,13 @@ import asyncio
 import dataclasses
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from leads_gql import __version__
 from leads_gql.config import DEV_SECRET_FILE, ConfigError, Settings
+
+if TYPE_CHECKING:
+    from starlette.applications import Starlette
 
 
 def _say(message: str) -> None:
@@ -63,9 +67,15 @@ def serve(args: argparse.Namespace) -> int:
         _say(f"leads-gql: cannot reach the database: {exc}")
         return 1
     # Migrated (or checked) above, once, before the server takes requests.
-    app = create_app(dataclasses.replace(settings, migrate_on_start=False))
+    app: Any = create_app(dataclasses.replace(settings, migrate_on_start=False))
+    if args.workers > 1:
+        # Each worker process builds its own app (and pool) from the same
+        # environment; the parent only supervises them.
+        app = "leads_gql.cli:worker_app"
     uvicorn.run(
         app,
+        factory=args.workers > 1,
+        workers=args.workers,
         host=args.host,
         port=args.port,
         log_level=args.log_level,
@@ -76,6 +86,14 @@ def serve(args: argparse.Namespace) -> int:
         timeout_graceful_shutdown=20,
     )
     return 0
+
+
+def worker_app() -> Starlette:
+    """The app of one `serve --workers N` process (the parent has migrated)."""
+    from leads_gql.app import create_app
+
+    settings = _settings_with_secret(announce=False)
+    return create_app(dataclasses.replace(settings, migrate_on_start=False))
 
 
 def token(args: argparse.Namespace) -> int:
@@ -119,9 +137,14 @@ def migrate(args: argparse.Namespace) -> int:
 
 
 def _positive(raw: str) -> int:
-    value = int(raw)
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
     if value <= 0:
-        raise argparse.ArgumentTypeError("must be a positive number of seconds")
+        raise argparse.ArgumentTypeError(
+            f"must be a positive whole number, not {raw!r}"
+        )
     return value
 
 
@@ -133,6 +156,14 @@ def parser() -> argparse.ArgumentParser:
     run = commands.add_parser("serve", help="start the HTTP server")
     run.add_argument("--host", default="127.0.0.1")
     run.add_argument("--port", type=int, default=8000)
+    run.add_argument(
+        "--workers",
+        type=_positive,
+        default=1,
+        metavar="N",
+        help="server processes (default 1; about one per core: each has its own "
+        "pool, so the database sees N x LEADS_DB_POOL_SIZE connections)",
+    )
     run.add_argument(
         "--no-migrate",
         action="store_true",

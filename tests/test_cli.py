@@ -57,6 +57,41 @@ def test_serve_with_development_secret_end_to_end(tmp_path: Path) -> None:
     assert (tmp_path / "leads.db").exists()
 
 
+def test_serve_with_workers(tmp_path: Path) -> None:
+    """`--workers 2`: two processes answer, on one database, with one secret."""
+    env = cli_env()
+    flow = str(uuid.uuid4())
+    with Server(tmp_path, env, "--workers", "2") as server:
+        token = run_cli("token", cwd=tmp_path, env=env).stdout.strip()
+        headers = {"Authorization": f"Bearer {token}"}
+        with httpx.Client(headers=headers) as client:
+            ids = set()
+            for i in range(40):
+                # A new connection each time: the kernel spreads them.
+                answer = httpx.post(
+                    f"{server.url}/leads",
+                    json={"chatflowid": flow, "name": f"n{i}"},
+                    headers={**headers, "Connection": "close"},
+                )
+                assert answer.status_code == 200, answer.text
+                ids.add(answer.json()["id"])
+            listed = client.get(f"{server.url}/leads/{flow}").json()
+        assert {lead["id"] for lead in listed} == ids
+        output = server.output()
+        started = {
+            line for line in output.splitlines() if "Started server process" in line
+        }
+        assert len(started) == 2, output
+    assert server.process is not None and server.process.returncode == 0
+
+
+def test_serve_refuses_a_bad_worker_count(tmp_path: Path) -> None:
+    for bad in ("0", "-1", "two"):
+        answer = run_cli("serve", "--workers", bad, cwd=tmp_path, env=cli_env())
+        assert answer.returncode == 2
+        assert "positive whole number" in answer.stderr
+
+
 def test_token_options_and_configured_claims(tmp_path: Path) -> None:
     env = cli_env(
         LEADS_JWT_SECRET="s" * 40, LEADS_JWT_ISSUER="iss-x", LEADS_JWT_AUDIENCE="aud-y"

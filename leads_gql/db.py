@@ -23,12 +23,17 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.util import greenlet_spawn
 
-from leads_gql.config import Settings
+from leads_gql.config import ConfigError, Settings
 from leads_gql.errors import ServiceUnavailable
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 # pg_advisory_xact_lock key: instances starting together migrate one at a time.
 MIGRATION_LOCK_KEY = 0x1EAD5
+
+
+# INSERT ... RETURNING (statements.py); its JSON functions are built in since 3.38
+# and compiled into most earlier builds.
+MIN_SQLITE = (3, 35)
 
 
 class SchemaBehind(RuntimeError):
@@ -52,6 +57,12 @@ def make_engine(settings: Settings) -> AsyncEngine:
         "pool_timeout": settings.db_pool_timeout,
     }
     if url.startswith("sqlite"):
+        if sqlite3.sqlite_version_info < MIN_SQLITE:
+            raise ConfigError(
+                f"SQLite {sqlite3.sqlite_version} is too old: leads-gql needs "
+                f"{'.'.join(map(str, MIN_SQLITE))} or later (INSERT ... RETURNING); "
+                "use a newer Python build, or PostgreSQL"
+            )
         engine = create_async_engine(
             url,
             # Each connection is a thread; a few readers suffice (writers queue

@@ -4,9 +4,11 @@ SQLite set-up, and the chat-flow index."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from alembic.autogenerate import compare_metadata
@@ -16,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from sqlmodel import SQLModel
 
 from leads_gql import db
-from leads_gql.config import Settings
+from leads_gql.config import ConfigError, Settings
 from leads_gql.models import Lead
 from tests.conftest import PG_ADMIN_URL, PG_SKIP, _pg_admin, pg_url_for
 
@@ -133,3 +135,15 @@ async def test_instances_starting_together_migrate_once() -> None:
         for engine in engines:
             await engine.dispose()
         await _pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def test_an_sqlite_without_returning_is_refused_with_a_clear_error(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(sqlite3, "sqlite_version_info", (3, 31, 1))
+    monkeypatch.setattr(sqlite3, "sqlite_version", "3.31.1")
+    settings = Settings(
+        database_url=f"sqlite+aiosqlite:///{tmp_path}/old.db", jwt_secret="s" * 40
+    )
+    with pytest.raises(ConfigError, match=r"SQLite 3\.31\.1 is too old.*3\.35"):
+        db.make_engine(settings)

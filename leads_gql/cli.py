@@ -7,7 +7,7 @@ import asyncio
 import dataclasses
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from leads_gql import __version__
 from leads_gql.config import DEV_SECRET_FILE, ConfigError, Settings
@@ -51,7 +51,6 @@ def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from leads_gql import db
-    from leads_gql.app import create_app
     from leads_gql.telemetry import log_config
 
     settings = _settings_with_secret(announce=True)
@@ -66,14 +65,11 @@ def serve(args: argparse.Namespace) -> int:
     except OSError as exc:
         _say(f"leads-gql: cannot reach the database: {exc}")
         return 1
-    # Migrated (or checked) above, once, before the server takes requests.
-    app: Any = create_app(dataclasses.replace(settings, migrate_on_start=False))
-    if args.workers > 1:
-        # Each worker process builds its own app (and pool) from the same
-        # environment; the parent only supervises them.
-        app = "leads_gql.cli:worker_app"
+    # Migrated (or checked) above, once, before the server takes requests. With
+    # several workers each process builds its own app (and pool) from the same
+    # environment; the parent only supervises them.
     uvicorn.run(
-        app,
+        server_app() if args.workers == 1 else "leads_gql.cli:server_app",
         factory=args.workers > 1,
         workers=args.workers,
         host=args.host,
@@ -88,8 +84,8 @@ def serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def worker_app() -> Starlette:
-    """The app of one `serve --workers N` process (the parent has migrated)."""
+def server_app() -> Starlette:
+    """The app one `serve` process runs (the database is migrated already)."""
     from leads_gql.app import create_app
 
     settings = _settings_with_secret(announce=False)

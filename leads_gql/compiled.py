@@ -29,10 +29,10 @@ from graphql import (
 )
 
 from leads_gql.json_lists import ALL_FIELDS, Keys
-from leads_gql.models import LeadRow, lead_to_dict
+from leads_gql.models import INPUT_FIELDS, LeadRow, lead_to_dict
 
 _SELECTABLE = frozenset(ALL_FIELDS) | {"__typename"}
-_INPUT_FIELDS = frozenset(ALL_FIELDS)
+_INPUT_FIELDS = frozenset(wire for wire, _, _ in INPUT_FIELDS)
 _MAX_PLANS = 512
 
 

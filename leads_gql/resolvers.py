@@ -82,10 +82,11 @@ async def lead(
 
 async def _insert(driver: db.Driver, new: StoredLead) -> bool:
     """Insert at the driver; False when the id is already stored."""
+    created_date = statements.created_date_in(driver.dialect)(new.created_date)
     values = (
-        *(new.id, new.name, new.email, new.phone, new.chatflowid, new.chat_id),
-        statements.created_date_in(driver.dialect)(new.created_date),
-    )
+        new.id, new.name, new.email, new.phone, new.chatflowid, new.chat_id,
+        created_date,
+    )  # fmt: skip
     if driver.sqlite:
         sql = statements.INSERT["sqlite"]
         return bool(await driver.connection.execute_fetchall(sql, values))

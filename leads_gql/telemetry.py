@@ -7,6 +7,7 @@ request is logged by method, route path, status, duration and request id.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import re
 import time
@@ -56,6 +57,18 @@ def operation_label(name: str | None) -> str:
     return "other"
 
 
+def timestamp(created: float) -> str:
+    """A log line's time: UTC to the millisecond, `2026-11-27T22:46:07.852Z`."""
+    second = int(created)
+    return f"{_utc_second(second)}.{int((created - second) * 1000):03d}Z"
+
+
+@functools.lru_cache(maxsize=4)
+def _utc_second(second: int) -> str:
+    # Formatted once a second, not once a line.
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+
+
 class StderrJSONHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """The service's own log sink (see `log_config`): JSON lines on stderr."""
 
@@ -76,8 +89,6 @@ class AccessLog:
     def __init__(self) -> None:
         self.lines: list[bytes] = []
         self._flush: asyncio.TimerHandle | None = None
-        self._second = -1
-        self._stamp = ""
 
     @staticmethod
     def _sink() -> StderrJSONHandler | None:
@@ -101,13 +112,8 @@ class AccessLog:
         if self._sink() is None:
             access_log.info("request", extra={"fields": fields})
             return
-        now = time.time()
-        second = int(now)
-        if second != self._second:
-            self._second = second
-            self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
         entry = {
-            "ts": f"{self._stamp}.{int((now - second) * 1000):03d}Z",
+            "ts": timestamp(time.time()),
             "level": "info",
             "logger": access_log.name,
             "msg": "request",
@@ -148,8 +154,7 @@ class JSONFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
+            "ts": timestamp(record.created),
             "level": record.levelname.lower(),
             "logger": record.name,
             "msg": record.getMessage(),

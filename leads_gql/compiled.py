@@ -34,6 +34,10 @@ from leads_gql.models import INPUT_FIELDS, LeadRow, lead_to_dict
 _SELECTABLE = frozenset(ALL_FIELDS) | {"__typename"}
 _INPUT_FIELDS = frozenset(wire for wire, _, _ in INPUT_FIELDS)
 _MAX_PLANS = 512
+# The database builds each list object with one json_build_object (PostgreSQL)
+# or json_object (SQLite) call: PostgreSQL takes at most 100 arguments, a key and
+# a value per field. More keys (aliases allow up to 58) take the ordinary path.
+MAX_LIST_KEYS = 50
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -115,7 +119,7 @@ def compile_plan(query: str) -> Plan | None:
             return None
         literal = value.value if isinstance(value, StringValueNode) else None
         variable = value.name.value if isinstance(value, VariableNode) else None
-        if literal is None and variable is None:
+        if (literal is None and variable is None) or len(keys) > MAX_LIST_KEYS:
             return None
         if variable is not None and any(d.default_value is not None for d in variables):
             return None

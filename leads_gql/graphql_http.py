@@ -8,6 +8,7 @@ gets 200 with `errors`, as before that specification.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import orjson
@@ -15,6 +16,7 @@ import strawberry
 from graphql import GraphQLError
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
+from starlette.types import Receive, Scope, Send
 from strawberry.exceptions import MissingQueryError
 from strawberry.schema.exceptions import (
     CannotGetOperationTypeError,
@@ -23,21 +25,34 @@ from strawberry.schema.exceptions import (
 from strawberry.types.graphql import OperationType
 
 from leads_gql import resolvers
-from leads_gql.bodies import read_json
+from leads_gql.bodies import parse_json, read_json
 from leads_gql.compiled import CreatePlan, ListPlan, Plans
 from leads_gql.db import driver_scope
 from leads_gql.errors import (
     BadRequest,
+    InvalidJSON,
     LeadsError,
     MethodNotAllowed,
+    RateLimited,
     ServiceUnavailable,
 )
+from leads_gql.graphql_limits import MAX_LISTS, list_selections
 from leads_gql.pages import GRAPHIQL_HTML
 from leads_gql.schema import Context, coded_error
 from leads_gql.telemetry import GRAPHQL_OPERATIONS, operation_label
 
 GRAPHQL_RESPONSE = "application/graphql-response+json"
 MAX_BATCH = 10
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Outcome:
+    """One operation's answer: its body, whether it was refused before executing
+    (a bad document or variables), and the wait when a write limit refused it."""
+
+    body: dict[str, Any]
+    refused: bool = False
+    retry_after: int | None = None
 
 
 def _accepts_graphql_response(request: Request) -> bool:
@@ -68,13 +83,20 @@ class GraphQLEndpoint:
         self.graphiql = graphiql
         self.plans = Plans()
 
-    async def __call__(self, request: Request) -> Response:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """An ASGI app, so that the route passes every method to `handle`."""
+        request = Request(scope, receive)
         try:
-            return await self.handle(request)
+            response = await self.handle(request)
         except LeadsError as error:
-            return error_response(error, request)
+            response = error_response(error, request)
+        await response(scope, receive, send)
 
     async def handle(self, request: Request) -> Response:
+        # Only GET (queries) and POST run documents; HEAD, which the router lets
+        # through with GET, would otherwise run a body's mutations unanswered.
+        if request.method not in ("GET", "POST"):
+            raise MethodNotAllowed()
         if (
             self.graphiql
             and request.method == "GET"
@@ -104,25 +126,37 @@ class GraphQLEndpoint:
             limits=request.app.state.limits,
         )
         strict = _accepts_graphql_response(request)
-        if isinstance(payload, list):
-            if not 1 <= len(payload) <= MAX_BATCH:
-                raise BadRequest(f"A batch holds 1 to {MAX_BATCH} operations")
-            operations = [_operation(item) for item in payload]
-            body: Any = [(await self.run(op, context, allowed))[0] for op in operations]
-            status = 200
-        else:
-            body, request_error = await self.run(_operation(payload), context, allowed)
-            status = 400 if strict and request_error else 200
+        batch = isinstance(payload, list)
+        if batch and not 1 <= len(payload) <= MAX_BATCH:
+            raise BadRequest(f"A batch holds 1 to {MAX_BATCH} operations")
+        operations = [_operation(item) for item in (payload if batch else [payload])]
+        # What one request may cost, counted before any of it runs.
+        lists = sum(list_selections(query, name) for query, _, name in operations)
+        if lists > MAX_LISTS:
+            raise BadRequest(
+                f"This request selects {lists} lead lists; at most {MAX_LISTS} "
+                "per request (operations of a batch count together)"
+            )
+        outcomes = [await self.run(op, context, allowed) for op in operations]
+        status, headers = 200, {}
+        limited = [o.retry_after for o in outcomes if o.retry_after is not None]
+        if limited:
+            # As REST answers a limited write: 429 with Retry-After; the body
+            # still tells which operations ran.
+            status, headers = 429, {"Retry-After": str(max(limited))}
+        elif strict and not batch and outcomes[0].refused:
+            status = 400
+        body = [o.body for o in outcomes] if batch else outcomes[0].body
         media = GRAPHQL_RESPONSE if strict else "application/json"
-        return Response(orjson.dumps(body), status, media_type=media)
+        return Response(orjson.dumps(body), status, headers, media_type=media)
 
     async def run(
         self,
         operation: tuple[str, dict[str, Any] | None, str | None],
         context: Context,
         allowed: set[OperationType],
-    ) -> tuple[dict[str, Any], bool]:
-        """One operation's response body; and whether it failed before executing."""
+    ) -> Outcome:
+        """One operation's answer."""
         query, variables, operation_name = operation
         plan = self.plans.get(query, operation_name)
         if isinstance(plan, ListPlan) and (flow := plan.chatflowid(variables)):
@@ -140,13 +174,13 @@ class GraphQLEndpoint:
                 pass  # the ordinary path answers with the GraphQL error
             else:
                 _count(plan.operation_name, "ok")
-                return {"data": {plan.response_key: orjson.Fragment(leads)}}, False
+                return Outcome({"data": {plan.response_key: orjson.Fragment(leads)}})
         elif (
             isinstance(plan, CreatePlan)
             and OperationType.MUTATION in allowed
             and (data := plan.input(variables)) is not None
         ):
-            return await self.create(plan, data, context), False
+            return await self.create(plan, data, context)
         try:
             result = await self.schema.execute(
                 query,
@@ -160,11 +194,14 @@ class GraphQLEndpoint:
         except (CannotGetOperationTypeError, MissingQueryError) as exc:
             message = getattr(exc, "message", None) or str(exc)
             error = GraphQLError(message, extensions={"code": "BAD_REQUEST"})
-            return {"errors": [error.formatted]}, True
+            return Outcome({"errors": [error.formatted]}, refused=True)
         errors = result.errors or []
+        retry_after = None
         for error in errors:
             if isinstance(error.original_error, ServiceUnavailable):
                 raise error.original_error
+            if isinstance(error.original_error, RateLimited):
+                retry_after = max(retry_after or 0, error.original_error.retry_after)
         executed = result.data is not None or any(error.path for error in errors)
         if executed:
             self.plans.learn(query)
@@ -173,11 +210,11 @@ class GraphQLEndpoint:
             body["errors"] = [error.formatted for error in errors]
         if executed:
             body["data"] = result.data
-        return body, not executed
+        return Outcome(body, refused=not executed, retry_after=retry_after)
 
     async def create(
         self, plan: CreatePlan, data: dict[str, Any], context: Context
-    ) -> dict[str, Any]:
+    ) -> Outcome:
         """A compiled `createLead`: the body Strawberry would give, errors included
         (answered here: a second run would count the write limit twice)."""
         try:
@@ -198,9 +235,11 @@ class GraphQLEndpoint:
                 path=[plan.response_key],
                 original_error=exc,
             )
-            return {"errors": [coded_error(error).formatted], "data": None}
+            body = {"errors": [coded_error(error).formatted], "data": None}
+            limited = exc.retry_after if isinstance(exc, RateLimited) else None
+            return Outcome(body, retry_after=limited)
         _count(plan.operation_name, "ok")
-        return {"data": {plan.response_key: plan.render(lead)}}
+        return Outcome({"data": {plan.response_key: plan.render(lead)}})
 
 
 def _count(operation_name: str | None, outcome: str) -> None:
@@ -208,12 +247,14 @@ def _count(operation_name: str | None, outcome: str) -> None:
 
 
 def _json_param(raw: str | None) -> Any:
+    """The `variables` of a GET, as strictly parsed as a POST body."""
     if raw is None:
         return None
     try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        raise BadRequest("The variables parameter is not valid JSON") from None
+        return parse_json(raw.encode("utf-8", "surrogatepass"))
+    except InvalidJSON as exc:
+        reason = exc.message.removeprefix("The body is not valid JSON")
+        raise BadRequest(f"The variables parameter is not valid JSON{reason}") from None
 
 
 def _operation(payload: Any) -> tuple[str, dict[str, Any] | None, str | None]:

@@ -8,6 +8,7 @@ hurt), and one more rule insists on an operation name when a document has severa
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -20,6 +21,7 @@ from graphql import (
     OperationDefinitionNode,
     SelectionSetNode,
     ValidationRule,
+    parse,
 )
 from strawberry.extensions import AddValidationRules, MaxTokensLimiter, SchemaExtension
 from strawberry.extensions.max_aliases import create_validator as create_aliases_rule
@@ -28,6 +30,11 @@ from strawberry.extensions.max_aliases import create_validator as create_aliases
 MAX_DEPTH = 15
 MAX_ALIASES = 50
 MAX_TOKENS = 2000
+# Fields that answer with every lead of a flow, and how many one request (a
+# document, or all of a batch) may select: aliases and batches otherwise multiply
+# one list into hundreds (10 x 50 lists of a 2,000-lead flow built 329 MB).
+LIST_FIELDS = frozenset({"leadsByChatflow"})
+MAX_LISTS = 5
 
 
 def depth_rule(max_depth: int) -> type[ValidationRule]:
@@ -79,6 +86,50 @@ def _depth(
         if deepest >= budget:
             break
     return deepest
+
+
+@functools.lru_cache(maxsize=512)
+def list_selections(query: str, operation_name: str | None) -> int:
+    """How many LIST_FIELDS the operation selects, fragments expanded (each
+    selection counts); 0 for a document that does not parse, which is refused
+    later with its syntax error."""
+    try:
+        document = parse(query, no_location=True, max_tokens=MAX_TOKENS)
+    except GraphQLError:
+        return 0
+    fragments: dict[str, FragmentDefinitionNode] = {}
+    operations: list[OperationDefinitionNode] = []
+    for definition in document.definitions:
+        if isinstance(definition, FragmentDefinitionNode):
+            fragments[definition.name.value] = definition
+        elif isinstance(definition, OperationDefinitionNode):
+            operations.append(definition)
+    if operation_name is not None:
+        operations = [
+            o for o in operations if o.name and o.name.value == operation_name
+        ]
+    counted: dict[str, int] = {}  # per fragment, so shared fragments cost once
+
+    def count(selections: SelectionSetNode | None, visiting: frozenset[str]) -> int:
+        total = 0
+        for selection in selections.selections if selections else ():
+            if isinstance(selection, FieldNode):
+                total += selection.name.value in LIST_FIELDS
+                total += count(selection.selection_set, visiting)
+            elif isinstance(selection, InlineFragmentNode):
+                total += count(selection.selection_set, visiting)
+            elif isinstance(selection, FragmentSpreadNode):
+                name = selection.name.value
+                if name in visiting or name not in fragments:
+                    continue  # a cycle or an unknown fragment: refused by validation
+                if name not in counted:
+                    counted[name] = count(
+                        fragments[name].selection_set, visiting | {name}
+                    )
+                total += counted[name]
+        return total
+
+    return max((count(o.selection_set, frozenset()) for o in operations), default=0)
 
 
 class OperationChoice(SchemaExtension):

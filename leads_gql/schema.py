@@ -24,7 +24,7 @@ from strawberry.types import ExecutionContext, ExecutionResult, Info
 from leads_gql import resolvers
 from leads_gql.auth import Principal
 from leads_gql.db import driver_scope
-from leads_gql.errors import InvalidInput, LeadsError
+from leads_gql.errors import InvalidInput, LeadsError, RateLimited
 from leads_gql.graphql_limits import document_limits
 from leads_gql.limits import WriteLimits
 from leads_gql.models import LeadRow, format_datetime
@@ -161,6 +161,8 @@ def coded_error(error: GraphQLError) -> GraphQLError:
         message, extensions = original.message, {"code": original.code}
         if isinstance(original, InvalidInput):
             extensions["errors"] = original.errors
+        elif isinstance(original, RateLimited):
+            extensions["retryAfter"] = original.retry_after
     elif error.extensions and "code" in error.extensions:
         return error
     elif isinstance(error, GraphQLSyntaxError) or isinstance(
@@ -216,7 +218,8 @@ class OperationMetrics(SchemaExtension):
                 name = self.execution_context.operation_name
             except Exception:  # no document, no name
                 name = None
-            GRAPHQL_OPERATIONS.labels(operation_label(name), outcome).inc()
+            label = operation_label(name, ran=outcome != "refused")
+            GRAPHQL_OPERATIONS.labels(label, outcome).inc()
 
 
 class LeadsSchema(strawberry.Schema):

@@ -45,13 +45,20 @@ _MAX_OPERATION_NAMES = 200
 _operation_names: set[str] = set()
 
 
-def operation_label(name: str | None) -> str:
-    """A bounded label for a client-chosen operation name (no cardinality bombs)."""
+def operation_label(name: str | None, *, ran: bool = True) -> str:
+    """A bounded label for a client-chosen operation name (no cardinality bombs).
+
+    The first names seen get labels of their own; only operations that ran take
+    a new one, so refused documents with made-up names cannot use them all up."""
     if not name:
         return "anonymous"
     if name in _operation_names:
         return name
-    if len(_operation_names) < _MAX_OPERATION_NAMES and re.fullmatch(r"\w{1,64}", name):
+    if (
+        ran
+        and len(_operation_names) < _MAX_OPERATION_NAMES
+        and re.fullmatch(r"\w{1,64}", name)
+    ):
         _operation_names.add(name)
         return name
     return "other"

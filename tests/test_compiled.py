@@ -211,3 +211,36 @@ async def test_a_compiled_create_counts_once_against_the_write_limit(
                 errors = answer.json().get("errors") or [{"extensions": {}}]
                 codes.append(errors[0]["extensions"].get("code"))
     assert codes == [None, "BAD_USER_INPUT", None, "BAD_USER_INPUT", "RATE_LIMITED"]
+
+
+def _many_keys(aliases: int) -> str:
+    """A list query of `aliases` aliased fields plus every plain field."""
+    fields = ["id", "name", "email", "phone", "chatflowid", "chatId", "createdDate"]
+    aliased = " ".join(f"a{n}: {fields[n % len(fields)]}" for n in range(aliases))
+    return (
+        "query($f: ID!) { leadsByChatflow(chatflowid: $f) "
+        f"{{ {aliased} {' '.join(fields)} __typename }} }}"
+    )
+
+
+@pytest.mark.parametrize("aliases", [42, 43, 50])
+async def test_the_most_selections_answer_the_same_every_time(
+    app: Starlette, client: httpx.AsyncClient, auth: dict[str, str], aliases: int
+) -> None:
+    """The review's 500: a list of 43 aliases (51 keys) answered once through
+    Strawberry, then failed on PostgreSQL's 100-argument json_build_object."""
+    flow = new_id()
+    for i in range(2):
+        lead = {"chatflowid": flow, "name": f"n{i}", "email": f"a{i}@example.com"}
+        assert (await client.post("/leads", json=lead, headers=auth)).status_code == 200
+    query = _many_keys(aliases)
+    payload = {"query": query, "variables": {"f": flow}}
+    answers = [
+        await client.post("/graphql", json=payload, headers=auth) for _ in range(3)
+    ]
+    assert [a.status_code for a in answers] == [200, 200, 200]
+    assert answers[0].json() == answers[1].json() == answers[2].json()
+    leads = answers[0].json()["data"]["leadsByChatflow"]
+    assert len(leads) == 2 and len(leads[0]) == aliases + 8
+    plan = app.state.graphql.plans.get(query, None)
+    assert isinstance(plan, ListPlan) == (aliases + 8 <= 50)

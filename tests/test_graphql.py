@@ -574,6 +574,37 @@ async def test_a_mutation_over_get_is_405_and_not_executed(
     assert await listed(client, auth, flow) == []
 
 
+async def test_only_get_and_post_run_documents(
+    client: httpx.AsyncClient, auth: dict[str, str]
+) -> None:
+    """HEAD once ran a body's mutation (the router lets HEAD through with GET)."""
+    flow = new_id()
+    body = {"query": CREATE, "variables": {"input": {"chatflowid": flow, "name": "A"}}}
+    for method in ("HEAD", "PUT", "DELETE", "PATCH"):
+        response = await client.request(method, "/graphql", json=body, headers=auth)
+        assert response.status_code == 405, method
+        assert response.headers["allow"] == "GET, POST", method
+    assert await listed(client, auth, flow) == []
+
+
+async def test_get_variables_are_parsed_as_strictly_as_a_body(
+    client: httpx.AsyncClient, auth: dict[str, str]
+) -> None:
+    flow = new_id()
+    for variables in (
+        f'{{"flow": "{new_id()}", "flow": "{flow}"}}',
+        '{"flow": NaN}',
+        '{"flow": "\\ud800"}',
+    ):
+        response = await client.get(
+            "/graphql",
+            params={"query": LIST, "variables": variables},
+            headers={**auth, "Accept": "application/json"},
+        )
+        assert response.status_code == 400, variables
+        assert response.json()["errors"][0]["extensions"]["code"] == "BAD_REQUEST"
+
+
 async def test_a_query_over_get_works_with_a_token(
     client: httpx.AsyncClient, auth: dict[str, str]
 ) -> None:
@@ -728,6 +759,51 @@ async def test_a_batch_of_more_than_ten_or_none_is_400(
     assert response.status_code == 400, response.text
     assert response.json()["errors"][0]["extensions"]["code"] == "BAD_REQUEST"
     assert await listed(client, auth, flow) == []
+
+
+LISTS = "query Lists($flow: ID!) {{ {} }}"
+
+
+def lists(count: int) -> str:
+    return LISTS.format(
+        " ".join(
+            f"l{n}: leadsByChatflow(chatflowid: $flow) {{ id }}" for n in range(count)
+        )
+    )
+
+
+async def test_a_request_selects_at_most_five_lists(
+    client: httpx.AsyncClient, auth: dict[str, str]
+) -> None:
+    """One request once built 329 MB: 10 operations x 50 aliased lists."""
+    flow = new_id()
+    await ok(client, auth, CREATE, {"input": {"chatflowid": flow, "name": "A"}})
+    five = await gql(client, auth, lists(5), {"flow": flow})
+    assert five.status_code == 200
+    assert len(five.json()["data"]) == 5
+    fragment = (
+        "query Lists($flow: ID!) { ...F ...F ...F } "
+        "fragment F on Query { a: leadsByChatflow(chatflowid: $flow) { id } "
+        "b: leadsByChatflow(chatflowid: $flow) { id } }"
+    )
+    refused = {
+        "six aliases": [{"query": lists(6), "variables": {"flow": flow}}],
+        "fragments": [{"query": fragment, "variables": {"flow": flow}}],
+        "a batch of 3 x 2": [{"query": lists(2), "variables": {"flow": flow}}] * 3,
+        "the review's 10 x 50": [{"query": lists(50), "variables": {"flow": flow}}]
+        * 10,
+    }
+    for case, batch in refused.items():
+        for body in (batch[0], batch) if len(batch) == 1 else (batch,):
+            response = await client.post(
+                "/graphql",
+                json=body,
+                headers={**auth, "Accept": "application/json"},
+            )
+            assert response.status_code == 400, case
+            error = response.json()["errors"][0]
+            assert error["extensions"]["code"] == "BAD_REQUEST", case
+            assert "at most 5" in error["message"], case
 
 
 # --- Masked errors --------------------------------------------------------------

@@ -105,6 +105,23 @@ async def test_metrics_count_requests_operations_and_leads(
     assert delta("leads_graphql_operations_total", operation="Mine", outcome="ok") == 1
 
 
+async def test_refused_documents_cannot_use_up_the_operation_labels(
+    client: httpx.AsyncClient, auth: dict[str, str]
+) -> None:
+    for n in range(250):
+        refused = await client.post(
+            "/graphql", json={"query": f"query Junk{n} {{ nope }}"}, headers=auth
+        )
+        assert "errors" in refused.json()
+    await client.post(
+        "/graphql", json={"query": "query Dashboard { __typename }"}, headers=auth
+    )
+    text = (await client.get("/metrics")).text
+    ops = samples(text, "leads_graphql_operations_total")
+    assert ops[(("operation", "Dashboard"), ("outcome", "ok"))] >= 1
+    assert not any(dict(labels)["operation"].startswith("Junk") for labels in ops)
+
+
 async def test_request_id_is_kept_or_made(client: httpx.AsyncClient) -> None:
     given = await client.get("/healthz", headers={"X-Request-ID": "req-42"})
     assert given.headers["x-request-id"] == "req-42"

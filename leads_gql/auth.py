@@ -120,7 +120,9 @@ class TokenVerifier:
             raise
         except Exception:  # every malformed token, whatever broke in decoding it
             raise Unauthenticated("The token is invalid") from None
-        return _principal(claims), float(claims["exp"])
+        # Valid while now < int(exp), exactly as PyJWT decides on the next check
+        # (it drops the fraction), so cached and fresh answers agree.
+        return _principal(claims), float(int(claims["exp"]))
 
 
 def _principal(claims: dict[str, Any]) -> Principal:

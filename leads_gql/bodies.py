@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from typing import Any
 
 from starlette.requests import ClientDisconnect, Request
@@ -35,10 +36,33 @@ def _float(text: str) -> float:
     return value
 
 
+# A `\u` escape of a UTF-16 surrogate (D800-DFFF): json.loads turns a pair into
+# one character, and leaves a lone one as a string that cannot be encoded again.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def _has_lone_surrogate(value: Any) -> bool:
+    pending = [value]  # a stack, not recursion: the value may be deeply nested
+    while pending:
+        item = pending.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return True
+        elif isinstance(item, dict):
+            pending.extend(item.keys())
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+    return False
+
+
 def parse_json(body: bytes) -> Any:
-    """RFC 8259 JSON in UTF-8: no duplicate keys, NaN, Infinity or absurd depth."""
+    """RFC 8259 JSON in UTF-8: no duplicate keys, NaN, Infinity, absurd depth, or
+    lone surrogates (text that no UTF-8 answer, log line or database can hold)."""
     try:
-        return json.loads(
+        value = json.loads(
             body.decode("utf-8"),
             object_pairs_hook=_pairs,
             parse_constant=_constant,
@@ -54,6 +78,10 @@ def parse_json(body: bytes) -> Any:
         ) from None
     except ValueError as exc:
         raise InvalidJSON(f"The body is not valid JSON: {exc}") from None
+    # Only bodies that escape a surrogate are walked: the common body costs a scan.
+    if _SURROGATE_ESCAPE.search(body) and _has_lone_surrogate(value):
+        raise InvalidJSON("The body is not valid JSON: a string holds a lone surrogate")
+    return value
 
 
 def is_json_media_type(content_type: str | None) -> bool:

@@ -23,12 +23,12 @@ class CORS:
         self.origins = frozenset(o.lower() for o in origins)
         self.public_origins = public_origins
 
-    def _methods(self, origin: str, path: str) -> str | None:
+    def _methods(self, origin: str, path: str) -> tuple[str, ...] | None:
         """The methods `origin` may use on `path`, or None if it may not."""
         if origin in self.origins:
-            return "GET, POST"
+            return ("GET", "POST")
         if origin in self.public_origins and path.rstrip("/") in PUBLIC_PATHS:
-            return "POST"
+            return ("POST",)
         return None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -47,26 +47,26 @@ class CORS:
         if preflight:
             await self._preflight(origin, methods, headers)(scope, receive, send)
             return
-        if methods is None:
-            await self.app(scope, receive, send)
-            return
+        # Every answer to a request with an Origin varies by it, refusals too: a
+        # shared cache must not hand one origin's answer to another.
+        extra = [(b"vary", b"Origin")]
+        if methods is not None:
+            extra += [
+                (b"access-control-allow-origin", origin.encode("latin-1")),
+                (b"access-control-expose-headers", EXPOSED.encode()),
+            ]
 
         async def send_with_cors(message: Message) -> None:
             if message["type"] == "http.response.start":
-                extra = [
-                    (b"access-control-allow-origin", origin.encode("latin-1")),
-                    (b"access-control-expose-headers", EXPOSED.encode()),
-                    (b"vary", b"Origin"),
-                ]
                 message = {**message, "headers": [*message.get("headers", []), *extra]}
             await send(message)
 
         await self.app(scope, receive, send_with_cors)
 
     def _preflight(
-        self, origin: str, methods: str | None, headers: Headers
+        self, origin: str, methods: tuple[str, ...] | None, headers: Headers
     ) -> Response:
-        requested = headers["access-control-request-method"].upper()
+        requested = headers["access-control-request-method"].strip().upper()
         if methods is None or requested not in methods:
             return Response(
                 b'{"statusCode":403,"message":"This origin may not call this path"}',
@@ -75,13 +75,13 @@ class CORS:
                 media_type="application/json",
             )
         allowed_headers = (
-            "Content-Type" if methods == "POST" else "Authorization, Content-Type"
+            "Content-Type" if methods == ("POST",) else "Authorization, Content-Type"
         )
         return Response(
             status_code=204,
             headers={
                 "Access-Control-Allow-Origin": origin,
-                "Access-Control-Allow-Methods": methods,
+                "Access-Control-Allow-Methods": ", ".join(methods),
                 "Access-Control-Allow-Headers": allowed_headers,
                 "Access-Control-Max-Age": "600",
                 "Vary": "Origin",

@@ -7,6 +7,8 @@ keeps its own, so a client spread over N instances gets up to N times the rate.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import ipaddress
 import math
 import re
 import time
@@ -30,6 +32,25 @@ class Rate:
         if not match or int(match.group(1)) < 1:
             raise ValueError(f"{name} must look like 10/minute, not {raw!r}")
         return cls(int(match.group(1)), _PERIODS[match.group(2)])
+
+
+@functools.lru_cache(maxsize=4096)
+def client_key(address: str) -> str:
+    """The bucket of a client address: IPv4 by address, IPv6 by its /64.
+
+    One IPv6 subscriber is routinely given a whole /64, so keying by the exact
+    address would hand each of its 2**64 addresses a bucket of its own. Forms of
+    one address (`::FFFF:10.0.0.1`, `2001:DB8::1`) fall in one bucket.
+    """
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address  # not an IP (a test client, a Unix socket): as given
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
 
 
 class TokenBuckets:
@@ -73,9 +94,9 @@ class WriteLimits:
 
     def check(self, *, subject: str, address: str, public: bool) -> None:
         if public:
-            self.public.take(address)
+            self.public.take(client_key(address))
             return
         if self.per_subject is not None:
             self.per_subject.take(subject)
         if self.per_address is not None:
-            self.per_address.take(address)
+            self.per_address.take(client_key(address))

@@ -315,6 +315,21 @@ class LeadCreate:
             created_date=self.created_date or now,
         )
 
+    def as_sent(self, stored: LeadRow) -> StoredLead:
+        """The stored lead with no contact data beyond what this request sent.
+
+        Ids and `createdDate` are kept: the first answer gave them, and a retry
+        that lost that answer needs them."""
+        return StoredLead(
+            id=stored.id,
+            name=self.name,
+            email=self.email,
+            phone=self.phone,
+            chatflowid=stored.chatflowid,
+            chat_id=stored.chat_id,
+            created_date=stored.created_date,
+        )
+
     def matches(self, stored: LeadRow) -> bool:
         """A retry: every field this request gives equals the stored value."""
         return all(

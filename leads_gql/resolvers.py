@@ -101,7 +101,8 @@ async def create_lead(
     data: Mapping[str, object],
     limits: WriteLimits | None = None,
 ) -> StoredLead:
-    """Store a lead; the same `id` with the same content returns the stored one.
+    """Store a lead; the same `id` with the same content returns the stored one
+    (to a caller without `leads:read`, only the contact fields it sent).
 
     The insert comes first and skips an existing id (ON CONFLICT DO NOTHING), so
     concurrent creates of one id store one row and never fail on the key. The
@@ -123,4 +124,8 @@ async def create_lead(
     (stored,) = await _leads(driver, statements.BY_ID, new.id)
     if not request.matches(stored):
         raise Conflict()
+    if READ not in principal.scopes:
+        # A caller that may not read (a widget's write-only token, a public
+        # visitor) must not read a stored lead by retrying its id.
+        return request.as_sent(stored)
     return stored

@@ -23,8 +23,9 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import RSAAlgorithm
 
 from leads_gql.app import create_app
-from leads_gql.auth import issue_token
+from leads_gql.auth import TokenVerifier, issue_token
 from leads_gql.config import Settings
+from leads_gql.errors import Unauthenticated
 from tests.conftest import SECRET, new_id, sign
 
 pytestmark = pytest.mark.anyio
@@ -371,6 +372,24 @@ async def test_an_expired_token_is_refused_after_it_worked(
     await anyio.sleep(max(0.0, expires + 0.1 - time.time()))
     assert_401(await client.get(f"/leads/{flow}", headers=bearer(token)))
     assert_401(await gql(client, LIST, {"f": flow}, bearer(token)))
+
+
+def test_a_cached_token_with_a_fractional_exp_expires_when_pyjwt_says() -> None:
+    """PyJWT compares the whole seconds of `exp`; the cache must too, or one token
+    is accepted from one address (cached) and refused from another (verified)."""
+    verifier = TokenVerifier(Settings(jwt_secret=SECRET))
+    exp = int(time.time()) + 1.99
+    header = f"Bearer {sign(claims(exp=exp))}"
+    assert verifier.authenticate(header, "192.0.2.1").sub
+    time.sleep(max(0.0, int(exp) + 0.05 - time.time()))
+    verdicts = []
+    for address in ("192.0.2.1", "192.0.2.2"):
+        try:
+            verifier.authenticate(header, address)
+            verdicts.append("accepted")
+        except Unauthenticated:
+            verdicts.append("refused")
+    assert verdicts == ["refused", "refused"]
 
 
 # iss / aud ------------------------------------------------------------------------

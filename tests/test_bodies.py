@@ -261,6 +261,10 @@ HOSTILE: dict[str, str | bytes] = {
     "truncated UTF-8": b'"\xe2\x82"',
     "beyond U+10FFFF": b'"\xf4\x90\x80\x80"',
     "Latin-1 text": b'"caf\xe9"',
+    "escaped lone high surrogate": '"\\ud800"',
+    "escaped lone low surrogate": '"\\udfff"',
+    "escaped surrogates reversed": '"\\ude00\\ud83d"',
+    "lone surrogate in a key": '{"\\uDBFF": 1}',
     "deep arrays": "[" * 30000 + "]" * 30000,
     "deep objects": '{"a":' * 10000 + "1" + "}" * 10000,
 }
@@ -323,6 +327,31 @@ async def test_ordinary_json_in_an_ignored_key_is_fine(
         )
         got[label] = (target.verdict(response), await stored(client, auth, flow))
     assert got == dict.fromkeys(slots, ((200, "ok"), 1))
+
+
+async def test_a_lone_surrogate_where_a_message_would_echo_it_is_400(
+    client: httpx.AsyncClient, auth: dict[str, str]
+) -> None:
+    """The review's reproductions: text that a message echoes (an operation
+    name, an unknown input field) once broke the JSON answer with a 500."""
+    flow = new_id()
+    bodies = [
+        b'{"query":"{ __typename }","operationName":"\\ud800"}',
+        b'{"query":"mutation($i: LeadInput!) { createLead(input: $i) { id } }",'
+        b'"variables":{"i":{"chatflowid":"' + flow.encode() + b'","name":"A",'
+        b'"\\udfff":1}}}',
+    ]
+    for body in bodies:
+        response = await client.post("/graphql", content=body, headers={**auth, **JSON})
+        assert response.status_code == 400, response.text
+        assert response.json()["statusCode"] == 400
+    rest = await client.post(
+        "/leads",
+        content=b'{"chatflowid":"' + flow.encode() + b'","name":"\\udc00A"}',
+        headers={**auth, **JSON},
+    )
+    assert outcome(rest) == (400, None)
+    assert await stored(client, auth, flow) == 0
 
 
 async def test_no_token_is_401_on_graphql_whatever_the_body(

@@ -161,3 +161,39 @@ async def test_no_cors_by_default(
         f"/leads/{FLOW}", headers={**auth, "Origin": "https://shop.example"}
     )
     assert "access-control-allow-origin" not in answer.headers
+
+
+async def test_a_public_visitor_cannot_read_a_lead_by_retrying_its_id(
+    public: httpx.AsyncClient, auth: dict[str, str]
+) -> None:
+    lead_id = new_id()
+    stored = await public.post(
+        "/leads", json={**embed_lead(), "id": lead_id}, headers=auth
+    )
+    assert stored.status_code == 200
+    probe = await public.post(
+        "/leads",
+        json={"id": lead_id, "chatflowid": FLOW, "name": "Visitor"},
+        headers={"Origin": SITE},
+    )
+    assert probe.status_code == 200
+    assert probe.json() == {**stored.json(), "email": None, "phone": None}
+
+
+async def test_preflight_methods_are_matched_whole_and_refusals_vary_by_origin(
+    public: httpx.AsyncClient,
+) -> None:
+    for method in ("P", "OS", "GET, POST", "PUT"):
+        refused = await public.options(
+            "/leads",
+            headers={"Origin": SITE, "Access-Control-Request-Method": method},
+        )
+        assert refused.status_code == 403, method
+        assert refused.headers["vary"] == "Origin"
+    other = await public.post(
+        "/leads", json=embed_lead(), headers={"Origin": "https://evil.example"}
+    )
+    assert other.status_code == 401
+    assert "access-control-allow-origin" not in other.headers
+    # A cache must not serve this answer to an allowed origin, nor the reverse.
+    assert other.headers["vary"] == "Origin"

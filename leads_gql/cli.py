@@ -51,6 +51,7 @@ def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from leads_gql import db
+    from leads_gql.connections import PROTOCOL, raise_open_file_limit
     from leads_gql.telemetry import log_config
 
     settings = _settings_with_secret(announce=True)
@@ -65,6 +66,14 @@ def serve(args: argparse.Namespace) -> int:
     except OSError as exc:
         _say(f"leads-gql: cannot reach the database: {exc}")
         return 1
+    # Worker processes inherit the limit.
+    open_files = raise_open_file_limit()
+    if open_files is not None and settings.max_connections + 100 > open_files:
+        _say(
+            f"leads-gql: warning: LEADS_MAX_CONNECTIONS={settings.max_connections} "
+            f"is close to the open-file limit ({open_files}); lower it or raise "
+            "the limit (ulimit -n)"
+        )
     # Migrated (or checked) above, once, before the server takes requests. With
     # several workers each process builds its own app (and pool) from the same
     # environment; the parent only supervises them.
@@ -80,6 +89,14 @@ def serve(args: argparse.Namespace) -> int:
         access_log=False,
         server_header=False,
         timeout_graceful_shutdown=20,
+        # Bounds on heads, slow clients and open connections (connections.py),
+        # named by import path so that worker processes can import it. Its
+        # keep-alive timeout is LEADS_KEEPALIVE_TIMEOUT.
+        http=PROTOCOL,
+        # X-Forwarded-For is believed from the listed proxies only; from nobody
+        # unless LEADS_FORWARDED_ALLOW_IPS lists some.
+        proxy_headers=bool(settings.forwarded_allow_ips),
+        forwarded_allow_ips=list(settings.forwarded_allow_ips),
     )
     return 0
 

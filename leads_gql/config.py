@@ -7,6 +7,7 @@ can pass a mapping of their own. A bad value fails at start, naming its variable
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import json
 import os
 import re
@@ -67,6 +68,21 @@ def _float(name: str, raw: str) -> float:
 
 def _list(raw: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in raw.split(",") if item.strip())
+
+
+def _networks(name: str, raw: str) -> tuple[str, ...]:
+    """Addresses or networks, normalised to networks (`10.0.0.1/8` -> `10.0.0.0/8`):
+    uvicorn would silently take a malformed entry as a literal that never matches."""
+    networks = []
+    for item in _list(raw):
+        try:
+            networks.append(str(ipaddress.ip_network(item, strict=False)))
+        except ValueError:
+            raise ConfigError(
+                f"{name}: {item!r} is not an IP address or network "
+                "(list the proxies; 0.0.0.0/0 trusts every peer)"
+            ) from None
+    return tuple(networks)
 
 
 def database_url(raw: str) -> str:
@@ -163,6 +179,17 @@ class Settings:
     # token (Flowise's embed), limited per client address.
     public_flows: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
     public_rate_limit: Rate = Rate(10, 60.0)
+    # Connections (see connections.py), per server process: seconds a client has
+    # to send a request head and a body, seconds an idle keep-alive connection
+    # stays open, and how many connections are held, in all and per client address.
+    header_timeout: float = 10.0
+    body_timeout: float = 60.0  # a 4 MiB batch on a slow link
+    keepalive_timeout: float = 5.0
+    max_connections: int = 1000
+    max_connections_per_address: int = 100
+    # Reverse proxies (networks) whose X-Forwarded-For is believed and whose
+    # connections are exempt from the per-address cap; none by default.
+    forwarded_allow_ips: tuple[str, ...] = ()
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -208,6 +235,22 @@ class Settings:
                 fields[key] = _rate(PREFIX + name, raw)
         if (raw := get("PUBLIC_FLOWS")) is not None:
             fields["public_flows"] = _public_flows(raw)
+        for key, name in (
+            ("header_timeout", "HEADER_TIMEOUT"),
+            ("body_timeout", "BODY_TIMEOUT"),
+            ("keepalive_timeout", "KEEPALIVE_TIMEOUT"),
+        ):
+            if (raw := get(name)) is not None:
+                fields[key] = _float(PREFIX + name, raw)
+        for key, name in (
+            ("max_connections", "MAX_CONNECTIONS"),
+            ("max_connections_per_address", "MAX_CONNECTIONS_PER_ADDRESS"),
+        ):
+            if (raw := get(name)) is not None:
+                fields[key] = _int(PREFIX + name, raw, minimum=1)
+        if (raw := get("FORWARDED_ALLOW_IPS")) is not None:
+            name = PREFIX + "FORWARDED_ALLOW_IPS"
+            fields["forwarded_allow_ips"] = _networks(name, raw)
         settings = cls(**fields)  # type: ignore[arg-type]
         settings.check_algorithms()
         return settings

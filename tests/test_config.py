@@ -54,6 +54,13 @@ def test_defaults() -> None:
     assert settings.rate_limit_writes is None
     assert settings.rate_limit_writes_per_address is None
     assert settings.public_flows == {}
+    assert settings.header_timeout == 10.0
+    assert settings.body_timeout == 60.0
+    assert settings.keepalive_timeout == 5.0
+    assert settings.max_connections == 1000
+    assert settings.max_connections_per_address == 100
+    # Proxy headers are believed from nobody unless proxies are listed.
+    assert settings.forwarded_allow_ips == ()
 
 
 def test_reads_os_environ_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -149,6 +156,20 @@ def test_blank_values_are_unset(name: str, blank: str) -> None:
             "public_flows",
             {FLOW.lower(): ("https://shop.example",)},
         ),
+        ({"LEADS_HEADER_TIMEOUT": "2.5"}, "header_timeout", 2.5),
+        ({"LEADS_BODY_TIMEOUT": "120"}, "body_timeout", 120.0),
+        ({"LEADS_KEEPALIVE_TIMEOUT": "0.5"}, "keepalive_timeout", 0.5),
+        ({"LEADS_MAX_CONNECTIONS": "50"}, "max_connections", 50),
+        (
+            {"LEADS_MAX_CONNECTIONS_PER_ADDRESS": "1"},
+            "max_connections_per_address",
+            1,
+        ),
+        (
+            {"LEADS_FORWARDED_ALLOW_IPS": "10.0.0.1/8, 192.0.2.7 ,2001:db8::/32"},
+            "forwarded_allow_ips",
+            ("10.0.0.0/8", "192.0.2.7/32", "2001:db8::/32"),
+        ),
     ],
 )
 def test_each_variable(env: dict[str, str], field: str, expected: Any) -> None:
@@ -236,6 +257,17 @@ def test_public_key_from_a_file(
         ("LEADS_PUBLIC_FLOWS", '{"not-a-uuid": ["https://shop.example"]}'),
         ("LEADS_PUBLIC_FLOWS", f'{{"{FLOW}": "https://shop.example"}}'),
         ("LEADS_PUBLIC_FLOWS", f'{{"{FLOW}": ["javascript:alert(1)"]}}'),
+        ("LEADS_HEADER_TIMEOUT", "0"),
+        ("LEADS_HEADER_TIMEOUT", "ten"),
+        ("LEADS_BODY_TIMEOUT", "-1"),
+        ("LEADS_KEEPALIVE_TIMEOUT", "nan"),
+        ("LEADS_MAX_CONNECTIONS", "0"),
+        ("LEADS_MAX_CONNECTIONS", "many"),
+        ("LEADS_MAX_CONNECTIONS_PER_ADDRESS", "0"),
+        ("LEADS_MAX_CONNECTIONS_PER_ADDRESS", "2.5"),
+        ("LEADS_FORWARDED_ALLOW_IPS", "*"),
+        ("LEADS_FORWARDED_ALLOW_IPS", "10.0.0.1, proxy.internal"),
+        ("LEADS_FORWARDED_ALLOW_IPS", "10.0.0.0/33"),
     ],
 )
 def test_bad_values_fail_naming_the_variable(name: str, value: str) -> None:

@@ -4,7 +4,9 @@ visitor's browser on the site's origin. Only flows the operator opts in accept i
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -13,6 +15,7 @@ from leads_gql.app import create_app
 from leads_gql.config import Settings
 from leads_gql.limits import Rate
 from tests.conftest import new_id
+from tests.server import Server, cli_env
 
 pytestmark = pytest.mark.anyio
 
@@ -197,3 +200,45 @@ async def test_preflight_methods_are_matched_whole_and_refusals_vary_by_origin(
     assert "access-control-allow-origin" not in other.headers
     # A cache must not serve this answer to an allowed origin, nor the reverse.
     assert other.headers["vary"] == "Origin"
+
+
+@pytest.mark.slow
+def test_behind_a_trusted_proxy_visitors_are_limited_by_their_own_slash_64(
+    tmp_path: Path,
+) -> None:
+    """A real server behind a proxy it trusts (LEADS_FORWARDED_ALLOW_IPS): the
+    visitor's forwarded address keys the limit, by /64; from an untrusted peer
+    X-Forwarded-For changes nothing."""
+
+    def posts(server: Server, forwarded: list[str]) -> list[int]:
+        answers = []
+        for address in forwarded:
+            answer = httpx.post(
+                f"{server.url}/leads",
+                json=embed_lead(),
+                headers={"Origin": SITE, "X-Forwarded-For": address},
+            )
+            answers.append(answer.status_code)
+        return answers
+
+    base = {
+        "LEADS_JWT_SECRET": "proxy-test-secret-0123456789abcdefghijklmnopq",
+        "LEADS_PUBLIC_FLOWS": json.dumps({FLOW: [SITE]}),
+        "LEADS_PUBLIC_RATE_LIMIT": "2/minute",
+    }
+    trusted = cli_env(
+        **base,
+        LEADS_DATABASE_URL=f"sqlite:///{tmp_path}/a.db",
+        LEADS_FORWARDED_ALLOW_IPS="127.0.0.1",
+    )
+    with Server(tmp_path, trusted) as server:
+        one_64 = posts(
+            server, ["2001:db8:7:1::1", "2001:db8:7:1::2", "2001:db8:7:1::3"]
+        )
+        another = posts(server, ["2001:db8:7:2::1", "203.0.113.5"])
+    assert one_64 == [200, 200, 429]
+    assert another == [200, 200]
+    untrusted = cli_env(**base, LEADS_DATABASE_URL=f"sqlite:///{tmp_path}/b.db")
+    with Server(tmp_path, untrusted) as server:
+        spoofed = posts(server, ["198.51.100.1", "198.51.100.2", "198.51.100.3"])
+    assert spoofed == [200, 200, 429]

@@ -25,6 +25,7 @@ from leads_gql.graphql_http import GraphQLEndpoint
 from leads_gql.limits import WriteLimits
 from leads_gql.openapi import document
 from leads_gql.pages import DOCS_CSP, render_docs
+from leads_gql.paging import Cursors
 from leads_gql.rest import JSONResponse
 from leads_gql.schema import make_schema
 from leads_gql.telemetry import metrics
@@ -149,5 +150,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
         per_address=settings.rate_limit_writes_per_address,
         public=settings.public_rate_limit,
     )
+    # Cursors are signed with a key derived from the token key, which every
+    # instance of a deployment shares.
+    token_key = settings.jwt_secret or settings.jwt_public_key or ""
+    app.state.cursors = Cursors(token_key.encode())
     app.state.settings = settings
     return app

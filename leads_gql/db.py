@@ -36,6 +36,18 @@ MIGRATION_LOCK_KEY = 0x1EAD5
 MIN_SQLITE = (3, 35)
 
 
+# Indexes a migration makes only where the database allows (the trigram search
+# index needs the pg_trgm extension): not in the models, not drift.
+OPTIONAL_INDEXES = frozenset({"ix_lead_contact_trgm"})
+
+
+def include_object(
+    obj: object, name: str | None, type_: str, reflected: bool, compare_to: object
+) -> bool:
+    """Alembic's filter of what the models are compared with."""
+    return not (type_ == "index" and name in OPTIONAL_INDEXES)
+
+
 class SchemaBehind(RuntimeError):
     """The database is not at the migration head (and we were told not to migrate)."""
 

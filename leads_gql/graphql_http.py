@@ -124,6 +124,7 @@ class GraphQLEndpoint:
             principal=principal,
             engine=request.app.state.engine,
             limits=request.app.state.limits,
+            cursors=request.app.state.cursors,
         )
         strict = _accepts_graphql_response(request)
         batch = isinstance(payload, list)

@@ -140,7 +140,8 @@ def parse_uuid(value: object) -> str:
     return value.lower()
 
 
-def _text(value: object, max_length: int) -> str:
+def parse_text(value: object, max_length: int) -> str:
+    """A string the database can hold: valid Unicode, no NUL, not too long."""
     if not isinstance(value, str):
         raise ValueError("must be a string")
     try:
@@ -159,11 +160,11 @@ def _blank(value: object) -> bool:
 
 
 def parse_name(value: object) -> str:
-    return _text(value.strip() if isinstance(value, str) else value, 255)
+    return parse_text(value.strip() if isinstance(value, str) else value, 255)
 
 
 def parse_email(value: object) -> str:
-    email = _text(value.strip() if isinstance(value, str) else value, 254)
+    email = parse_text(value.strip() if isinstance(value, str) else value, 254)
     if _plain_email(email):
         return email
     try:
@@ -213,7 +214,7 @@ def _plain_email(email: str) -> bool:
 
 
 def parse_phone(value: object) -> str:
-    phone = _text(value.strip() if isinstance(value, str) else value, 255)
+    phone = parse_text(value.strip() if isinstance(value, str) else value, 255)
     if not PHONE_RE.fullmatch(phone):
         raise ValueError(
             "must be digits with optional formatting (a leading +, spaces, -, (, ), .)"
@@ -225,7 +226,7 @@ def parse_phone(value: object) -> str:
 
 
 def parse_chat_id(value: object) -> str:
-    chat_id = _text(value, 255)
+    chat_id = parse_text(value, 255)
     if not chat_id:
         raise ValueError("must be 1 to 255 characters")
     return chat_id

@@ -6,8 +6,10 @@ flows, then touches the database; it raises only `leads_gql.errors`.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from datetime import UTC, datetime
+from typing import Any
 
 from leads_gql import db, statements
 from leads_gql.auth import READ, WRITE, Principal
@@ -15,6 +17,7 @@ from leads_gql.errors import Conflict, InvalidArgument
 from leads_gql.json_lists import REST_KEYS, Keys, list_sql
 from leads_gql.limits import WriteLimits
 from leads_gql.models import LeadCreate, StoredLead, parse_uuid
+from leads_gql.paging import Cursors, Filters, Order, PageRequest, Position
 from leads_gql.telemetry import LEADS_CREATED
 
 
@@ -27,16 +30,23 @@ def _argument(name: str, value: object) -> str:
         ) from None
 
 
-async def _leads(driver: db.Driver, sql: dict[str, str], arg: str) -> list[StoredLead]:
+async def _fetch(driver: db.Driver, sql: str, *values: object) -> list[Any]:
     if driver.sqlite:
-        rows = await driver.connection.execute_fetchall(sql["sqlite"], (arg,))
-    else:
-        rows = await driver.connection.fetch(sql["postgresql"], arg)
+        return list(await driver.connection.execute_fetchall(sql, values))
+    return list(await driver.connection.fetch(sql, *values))
+
+
+def _stored(driver: db.Driver, rows: list[Any]) -> list[StoredLead]:
+    """Rows of `statements.COLUMNS` as leads."""
     created_date = statements.created_date_out(driver.dialect)
     return [
         StoredLead(row[0], row[1], row[2], row[3], row[4], row[5], created_date(row[6]))
         for row in rows
     ]
+
+
+async def _leads(driver: db.Driver, sql: dict[str, str], arg: str) -> list[StoredLead]:
+    return _stored(driver, await _fetch(driver, sql[driver.dialect.name], arg))
 
 
 async def leads_by_chatflow(
@@ -129,3 +139,115 @@ async def create_lead(
         # visitor) must not read a stored lead by retrying its id.
         return request.as_sent(stored)
     return stored
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Page:
+    """One page of a flow's leads, in the order asked for, with their cursors."""
+
+    flow: str
+    filters: Filters
+    leads: list[StoredLead]
+    cursors: list[str]
+    has_next: bool
+    has_previous: bool
+
+
+def _narrowed(
+    driver: db.Driver, flow: str, filters: Filters
+) -> tuple[tuple[str, ...], list[object]]:
+    """The conditions (and their values) of a flow within the filters."""
+    instant = statements.created_date_in(driver.dialect)
+    conditions: list[str] = ["flow"]
+    values: list[object] = [flow]
+    for name, value in (
+        ("search", filters.like),
+        ("since", filters.created_after),
+        ("until", filters.created_before),
+    ):
+        if value is not None:
+            conditions.append(name)
+            values.append(instant(value) if isinstance(value, datetime) else value)
+    return tuple(conditions), values
+
+
+async def leads_page(
+    *,
+    driver: db.Driver,
+    principal: Principal,
+    cursors: Cursors,
+    chatflowid: object,
+    first: object = None,
+    after: object = None,
+    last: object = None,
+    before: object = None,
+    search: object = None,
+    created_after: object = None,
+    created_before: object = None,
+    order: Order = Order.OLDEST_FIRST,
+) -> Page:
+    """A page of a flow's leads, cut by position (keyset), never by offset.
+
+    Forward: the `size` leads after `after` in `order`; backward: the `size`
+    leads just before `before`, still listed in `order`. One more row than asked
+    tells whether the page has a neighbour on its far side; an EXISTS tells about
+    the near side (the cursor's own side).
+    """
+    principal.require(READ)
+    flow = _argument("chatflowid", chatflowid)
+    request = PageRequest.parse(
+        cursors=cursors,
+        flow=flow,
+        first=first,
+        after=after,
+        last=last,
+        before=before,
+        search=search,
+        created_after=created_after,
+        created_before=created_before,
+        order=order,
+    )
+    principal.require_chatflow(flow)
+    conditions, values = _narrowed(driver, flow, request.filters)
+    instant = statements.created_date_in(driver.dialect)
+    newest_first = request.order is Order.NEWEST_FIRST
+    cursor = request.after if request.forward else request.before
+    # The page lies past the cursor (`beyond`); what `near` matches lies on the
+    # cursor's side, in the table's ascending (createdDate, id) order. Paging
+    # forward through newest-first, or backward through oldest-first, goes down.
+    going_down = newest_first == request.forward
+    beyond, near = ("<", ">=") if going_down else (">", "<=")
+    page_conditions, page_values = conditions, list(values)
+    if cursor is not None:
+        page_conditions = (*conditions, beyond)
+        page_values += [instant(cursor.created_date), cursor.id]
+    # Rows are read from the cursor outwards; a backward page is then turned
+    # around to be listed in the order asked for.
+    sql = statements.page_rows(driver.dialect.name, page_conditions, going_down)
+    rows = await _fetch(driver, sql, *page_values, request.size + 1)
+    more = len(rows) > request.size
+    leads = _stored(driver, rows[: request.size])
+    if not request.forward:
+        leads.reverse()
+    near_side = False
+    if cursor is not None:
+        exists = statements.page_exists(driver.dialect.name, (*conditions, near))
+        near_values = [*values, instant(cursor.created_date), cursor.id]
+        near_side = bool((await _fetch(driver, exists, *near_values))[0][0])
+    return Page(
+        flow=flow,
+        filters=request.filters,
+        leads=leads,
+        cursors=[
+            cursors.make(flow, Position(lead.created_date, lead.id)) for lead in leads
+        ],
+        has_next=more if request.forward else near_side,
+        has_previous=near_side if request.forward else more,
+    )
+
+
+async def count_leads(*, driver: db.Driver, page: Page) -> int:
+    """`totalCount`: the leads of the page's flow within its filters."""
+    conditions, values = _narrowed(driver, page.flow, page.filters)
+    sql = statements.page_count(driver.dialect.name, conditions)
+    return int((await _fetch(driver, sql, *values))[0][0])

@@ -28,6 +28,7 @@ from leads_gql.errors import InvalidInput, LeadsError, RateLimited
 from leads_gql.graphql_limits import document_limits
 from leads_gql.limits import WriteLimits
 from leads_gql.models import LeadRow, format_datetime
+from leads_gql.paging import Cursors, Order
 from leads_gql.telemetry import GRAPHQL_OPERATIONS, operation_label
 
 logger = logging.getLogger("leads_gql.graphql")
@@ -38,6 +39,7 @@ class Context:
     principal: Principal
     engine: AsyncEngine
     limits: WriteLimits | None = None
+    cursors: Cursors | None = None
 
 
 def _parse_literal(node: ValueNode, variables: dict[str, Any] | None = None) -> Any:
@@ -102,6 +104,64 @@ class LeadInput:
         }
 
 
+LeadOrder = strawberry.enum(
+    Order,
+    name="LeadOrder",
+    description="OLDEST_FIRST: (createdDate, id) ascending; NEWEST_FIRST: descending.",
+)
+
+
+@strawberry.type
+class LeadEdge:
+    cursor: str
+    node: Lead
+
+
+@strawberry.type
+class PageInfo:
+    has_next_page: bool
+    has_previous_page: bool
+    start_cursor: str | None
+    end_cursor: str | None
+
+
+@strawberry.type(description="A page of a chat flow's leads (Relay connection).")
+class LeadConnection:
+    edges: list[LeadEdge]
+    page_info: PageInfo
+    page: strawberry.Private[resolvers.Page]
+
+    @strawberry.field(
+        description="The flow's leads within the filters, whatever the page; "
+        "counted only when asked for."
+    )
+    async def total_count(self, info: Info[Context, None]) -> int:
+        async with driver_scope(info.context.engine) as driver:
+            return await resolvers.count_leads(driver=driver, page=self.page)
+
+    @classmethod
+    def from_page(cls, page: resolvers.Page) -> LeadConnection:
+        edges = [
+            LeadEdge(cursor=cursor, node=Lead.from_row(lead))
+            for lead, cursor in zip(page.leads, page.cursors, strict=True)
+        ]
+        return cls(
+            edges=edges,
+            page_info=PageInfo(
+                has_next_page=page.has_next,
+                has_previous_page=page.has_previous,
+                start_cursor=page.cursors[0] if page.cursors else None,
+                end_cursor=page.cursors[-1] if page.cursors else None,
+            ),
+            page=page,
+        )
+
+
+def _given(**arguments: object) -> dict[str, object]:
+    """The arguments a client gave (absent is the same as null)."""
+    return {k: None if v is strawberry.UNSET else v for k, v in arguments.items()}
+
+
 @strawberry.type
 class Query:
     @strawberry.field(description="Every lead of a chat flow, oldest first.")
@@ -115,6 +175,48 @@ class Query:
                 chatflowid=chatflowid,
             )
         return [Lead.from_row(row) for row in rows]
+
+    @strawberry.field(
+        description="A page of a chat flow's leads, cut by position (keyset): "
+        "`first`/`after` forward, `last`/`before` backward (50 by default, at most "
+        "500). `search` is a case-insensitive substring of name, email or phone; "
+        "`createdAfter` is inclusive, `createdBefore` exclusive."
+    )
+    async def leads(
+        self,
+        info: Info[Context, None],
+        chatflowid: strawberry.ID,
+        # UNSET defaults keep the SDL as SPEC writes it (`first: Int`, no `= null`).
+        first: int | None = strawberry.UNSET,
+        after: str | None = strawberry.UNSET,
+        last: int | None = strawberry.UNSET,
+        before: str | None = strawberry.UNSET,
+        search: str | None = strawberry.UNSET,
+        created_after: datetime | None = strawberry.UNSET,
+        created_before: datetime | None = strawberry.UNSET,
+        order_by: Order | None = Order.OLDEST_FIRST,
+    ) -> LeadConnection:
+        cursors = info.context.cursors
+        assert cursors is not None, "the context carries the app's cursors"
+        given = _given(
+            first=first,
+            after=after,
+            last=last,
+            before=before,
+            search=search,
+            created_after=created_after,
+            created_before=created_before,
+        )
+        async with driver_scope(info.context.engine) as driver:
+            page = await resolvers.leads_page(
+                driver=driver,
+                principal=info.context.principal,
+                cursors=cursors,
+                chatflowid=chatflowid,
+                order=order_by or Order.OLDEST_FIRST,
+                **given,
+            )
+        return LeadConnection.from_page(page)
 
     @strawberry.field(description="One lead by id; null when unknown or not yours.")
     async def lead(self, info: Info[Context, None], id: strawberry.ID) -> Lead | None:

@@ -66,3 +66,67 @@ def created_date_out(dialect: Dialect) -> Callable[[Any], Any]:
         dialect, None
     )
     return processor or (lambda value: value)
+
+
+# Pages of a flow (the `leads` connection): one statement per combination of the
+# conditions below, assembled from these constant fragments (never from user
+# text) and cached. Each condition names its own values, in this order.
+# `LIKE` is case-insensitive for ASCII on SQLite; PostgreSQL needs `ILIKE`.
+_CONDITIONS: dict[str, tuple[str, int]] = {
+    "flow": ("chatflowid = {}", 1),
+    "search": ("(name {like} {p} ESCAPE '\\' OR email {like} {p} ESCAPE '\\'"
+               " OR phone {like} {p} ESCAPE '\\')", 1),
+    "since": ("created_date >= {}", 1),
+    "until": ("created_date < {}", 1),
+    ">": ("(created_date, id) > ({}, {})", 2),
+    ">=": ("(created_date, id) >= ({}, {})", 2),
+    "<": ("(created_date, id) < ({}, {})", 2),
+    "<=": ("(created_date, id) <= ({}, {})", 2),
+}  # fmt: skip
+
+
+def _numbered(dialect: str, first: int, count: int) -> list[str]:
+    """Numbered placeholders (`?2` on SQLite, `$2`), so a value can be used twice."""
+    mark = "?" if dialect == "sqlite" else "$"
+    return [f"{mark}{n}" for n in range(first, first + count)]
+
+
+def _where(dialect: str, conditions: tuple[str, ...]) -> tuple[str, int]:
+    """The WHERE clause of `conditions` and how many values it binds."""
+    parts, bound = [], 0
+    for name in conditions:
+        template, count = _CONDITIONS[name]
+        params = _numbered(dialect, bound + 1, count)
+        bound += count
+        if name == "search":
+            like = "LIKE" if dialect == "sqlite" else "ILIKE"
+            parts.append(template.format(like=like, p=params[0]))
+        else:
+            parts.append(template.format(*params))
+    return " AND ".join(parts), bound
+
+
+@functools.lru_cache(maxsize=256)
+def page_rows(dialect: str, conditions: tuple[str, ...], descending: bool) -> str:
+    """A page's rows: the leads matching `conditions`, in order, then a LIMIT."""
+    where, bound = _where(dialect, conditions)
+    way = "DESC" if descending else "ASC"
+    (limit,) = _numbered(dialect, bound + 1, 1)
+    return (
+        f"SELECT {_LIST} FROM lead WHERE {where} "
+        f"ORDER BY created_date {way}, id {way} LIMIT {limit}"
+    )
+
+
+@functools.lru_cache(maxsize=256)
+def page_exists(dialect: str, conditions: tuple[str, ...]) -> str:
+    """Whether any lead matches `conditions` (is there a page before / after?)."""
+    where, _ = _where(dialect, conditions)
+    return f"SELECT EXISTS (SELECT 1 FROM lead WHERE {where})"
+
+
+@functools.lru_cache(maxsize=64)
+def page_count(dialect: str, conditions: tuple[str, ...]) -> str:
+    """How many leads match `conditions` (`totalCount`)."""
+    where, _ = _where(dialect, conditions)
+    return f"SELECT count(*) FROM lead WHERE {where}"

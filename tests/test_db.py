@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import text
+from sqlalchemy import Connection, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from sqlmodel import SQLModel
 
@@ -37,7 +37,10 @@ async def test_migrations_build_exactly_the_models(engine: AsyncEngine) -> None:
     async with engine.connect() as conn:
         diff = await conn.run_sync(
             lambda sync: compare_metadata(
-                MigrationContext.configure(sync), SQLModel.metadata
+                MigrationContext.configure(
+                    sync, opts={"include_object": db.include_object}
+                ),
+                SQLModel.metadata,
             )
         )
     assert diff == []
@@ -88,6 +91,43 @@ async def test_the_flow_query_uses_the_index(engine: AsyncEngine) -> None:
             )
             assert "ix_lead_chatflowid_created_date_id" in plan
             assert "Sort" not in plan
+
+
+async def test_migrations_go_down_and_up_again(engine: AsyncEngine) -> None:
+    """Each revision's downgrade undoes it: down to the first and back to head."""
+    from alembic import command
+
+    def run(sync: Connection, target: str, up: bool) -> None:
+        config = db.alembic_config(sync)
+        (command.upgrade if up else command.downgrade)(config, target)
+
+    for target, up in (("0001", False), ("head", True)):
+        async with engine.connect() as conn:
+            if engine.dialect.name == "postgresql":
+                conn = await conn.execution_options(isolation_level="READ COMMITTED")
+            async with conn.begin():
+                await conn.run_sync(run, target, up)
+        if not up:
+            assert await db.current_revision(engine) == "0001"
+    assert await db.current_revision(engine) == db.head_revision() == "0002"
+    await db.check_schema(engine)
+
+
+async def test_search_uses_the_trigram_index_on_postgresql(
+    engine: AsyncEngine,
+) -> None:
+    if engine.dialect.name == "sqlite":
+        pytest.skip("SQLite has no trigram index: search reads the flow's rows")
+    query = (
+        "SELECT id FROM lead WHERE name ILIKE '%ada%' OR email ILIKE '%ada%' "
+        "OR phone ILIKE '%ada%'"
+    )
+    async with engine.connect() as conn:
+        await conn.exec_driver_sql("SET enable_seqscan = off")
+        plan = " ".join(
+            str(row[0]) for row in await conn.exec_driver_sql(f"EXPLAIN {query}")
+        )
+    assert "ix_lead_contact_trgm" in plan
 
 
 async def test_sqlite_runs_in_wal_mode_with_a_busy_timeout(tmp_path: object) -> None:

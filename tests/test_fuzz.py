@@ -98,7 +98,12 @@ REST_OPERATIONS = [
     ("GET", "/api/v1/leads/{id}"),
     ("POST", "/api/v1/leads"),
 ]
-GRAPHQL_OPERATIONS = ["Query.leadsByChatflow", "Query.lead", "Mutation.createLead"]
+GRAPHQL_OPERATIONS = [
+    "Query.leadsByChatflow",
+    "Query.lead",
+    "Query.leads",
+    "Mutation.createLead",
+]
 MODES = [GenerationMode.POSITIVE, GenerationMode.NEGATIVE]
 
 OPENAPI_CHECKS = [

@@ -4,6 +4,7 @@ from alembic import context
 from sqlmodel import SQLModel
 
 import leads_gql.models  # noqa: F401  (registers the tables on the metadata)
+from leads_gql.db import include_object
 
 connection = context.config.attributes.get("connection")
 if connection is None:
@@ -14,6 +15,7 @@ context.configure(
     target_metadata=SQLModel.metadata,
     render_as_batch=connection.dialect.name == "sqlite",
     compare_type=True,
+    include_object=include_object,
 )
 with context.begin_transaction():
     context.run_migrations()

@@ -209,7 +209,7 @@ def sqlite_app(path: str, pool_size: int) -> Starlette:
 
     async def connect() -> aiosqlite.Connection:
         conn = await aiosqlite.connect(path, timeout=30)
-        # The service's pragmas (leads_gql/db.py): WAL, durable commits.
+        # The service's pragmas (leads_gql/store/db.py): WAL, durable commits.
         for pragma in (
             "journal_mode=WAL",
             "synchronous=FULL",

@@ -15,20 +15,22 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
-from leads_gql import __version__, db, rest
+from leads_gql import __version__
 from leads_gql.auth import TokenVerifier
 from leads_gql.config import Settings
-from leads_gql.cors import CORS
-from leads_gql.edge import Edge
 from leads_gql.errors import InvalidInput, LeadsError
-from leads_gql.graphql_http import GraphQLEndpoint
 from leads_gql.limits import WriteLimits
-from leads_gql.openapi import document
-from leads_gql.pages import DOCS_CSP, render_docs
 from leads_gql.paging import Cursors
-from leads_gql.rest import JSONResponse
-from leads_gql.schema import make_schema
+from leads_gql.store import db
 from leads_gql.telemetry import metrics
+from leads_gql.web import rest
+from leads_gql.web.cors import CORS
+from leads_gql.web.edge import Edge
+from leads_gql.web.graphql_http import GraphQLEndpoint
+from leads_gql.web.openapi import document
+from leads_gql.web.pages import DOCS_CSP, render_docs
+from leads_gql.web.rest import JSONResponse
+from leads_gql.web.schema import make_schema
 
 logger = logging.getLogger("leads_gql")
 

@@ -35,7 +35,7 @@ def _settings_with_secret(*, announce: bool) -> Settings:
 
 
 async def _prepare_database(settings: Settings, *, migrate: bool) -> None:
-    from leads_gql import db
+    from leads_gql.store import db
 
     engine = db.make_engine(settings)
     try:
@@ -50,9 +50,9 @@ async def _prepare_database(settings: Settings, *, migrate: bool) -> None:
 def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from leads_gql import db
-    from leads_gql.connections import PROTOCOL, raise_open_file_limit
+    from leads_gql.store import db
     from leads_gql.telemetry import log_config
+    from leads_gql.web.connections import PROTOCOL, raise_open_file_limit
 
     settings = _settings_with_secret(announce=True)
     try:
@@ -89,7 +89,7 @@ def serve(args: argparse.Namespace) -> int:
         access_log=False,
         server_header=False,
         timeout_graceful_shutdown=20,
-        # Bounds on heads, slow clients and open connections (connections.py),
+        # Bounds on heads, slow clients and open connections (web/connections.py),
         # named by import path so that worker processes can import it. Its
         # keep-alive timeout is LEADS_KEEPALIVE_TIMEOUT.
         http=PROTOCOL,
@@ -134,14 +134,14 @@ def token(args: argparse.Namespace) -> int:
 
 
 def export_schema(args: argparse.Namespace) -> int:
-    from leads_gql.schema import schema
+    from leads_gql.web.schema import schema
 
     sys.stdout.write(schema.as_str() + "\n")
     return 0
 
 
 def migrate(args: argparse.Namespace) -> int:
-    from leads_gql import db
+    from leads_gql.store import db
 
     settings = Settings.from_env()
     asyncio.run(_prepare_database(settings, migrate=True))

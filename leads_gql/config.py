@@ -179,7 +179,7 @@ class Settings:
     # token (Flowise's embed), limited per client address.
     public_flows: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
     public_rate_limit: Rate = Rate(10, 60.0)
-    # Connections (see connections.py), per server process: seconds a client has
+    # Connections (see web/connections.py), per server process: seconds a client has
     # to send a request head and a body, seconds an idle keep-alive connection
     # stays open, and how many connections are held, in all and per client address.
     header_timeout: float = 10.0

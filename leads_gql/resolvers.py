@@ -11,13 +11,13 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from leads_gql import db, statements
 from leads_gql.auth import READ, WRITE, Principal
 from leads_gql.errors import Conflict, InvalidArgument
-from leads_gql.json_lists import REST_KEYS, Keys, list_sql
 from leads_gql.limits import WriteLimits
 from leads_gql.models import LeadCreate, StoredLead, parse_uuid
 from leads_gql.paging import Cursors, Filters, Order, PageRequest, Position
+from leads_gql.store import db, statements
+from leads_gql.store.json_lists import REST_KEYS, Keys, list_sql
 from leads_gql.telemetry import LEADS_CREATED
 
 

@@ -67,7 +67,7 @@ def pg_database() -> Iterator[str]:
     url = pg_url_for(name)
 
     async def migrate() -> None:
-        from leads_gql import db
+        from leads_gql.store import db
 
         engine = db.make_engine(Settings(database_url=url))
         await db.migrate(engine)
@@ -84,7 +84,7 @@ def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("template") / "leads.db"
 
     async def migrate() -> None:
-        from leads_gql import db
+        from leads_gql.store import db
 
         engine = db.make_engine(Settings(database_url=f"sqlite+aiosqlite:///{path}"))
         await db.migrate(engine)

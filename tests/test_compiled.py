@@ -12,9 +12,9 @@ import pytest
 from starlette.applications import Starlette
 
 from leads_gql.app import create_app
-from leads_gql.compiled import CreatePlan, ListPlan, compile_plan
 from leads_gql.config import Settings
 from leads_gql.limits import Rate
+from leads_gql.web.compiled import CreatePlan, ListPlan, compile_plan
 from tests.conftest import new_id
 
 pytestmark = pytest.mark.anyio

@@ -1,4 +1,4 @@
-"""Connection bounds (leads_gql/connections.py) against a real `leads-gql serve`,
+"""Connection bounds (leads_gql/web/connections.py) against a real `leads-gql serve`,
 through raw sockets: head size and field count, unfinished heads, pipelining,
 head and body timeouts, connection caps, and the JSON answers the protocol
 writes itself."""
@@ -22,8 +22,9 @@ from uvicorn.config import Config
 from uvicorn.importer import import_from_string
 from uvicorn.server import ServerState
 
-from leads_gql import cli, connections
-from leads_gql.connections import (
+from leads_gql import cli
+from leads_gql.web import connections
+from leads_gql.web.connections import (
     MAX_HEAD_BYTES,
     MAX_HEADER_FIELDS,
     MAX_PIPELINED,

@@ -17,9 +17,9 @@ from sqlalchemy import Connection, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from sqlmodel import SQLModel
 
-from leads_gql import db
 from leads_gql.config import ConfigError, Settings
 from leads_gql.models import Lead
+from leads_gql.store import db
 from tests.conftest import PG_ADMIN_URL, PG_SKIP, _pg_admin, pg_url_for
 
 pytestmark = pytest.mark.anyio

@@ -10,11 +10,12 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from starlette.applications import Starlette
 
-from leads_gql import db, resolvers
+from leads_gql import resolvers
 from leads_gql.auth import Principal
 from leads_gql.errors import Conflict, Forbidden, InvalidArgument, InvalidInput
 from leads_gql.models import lead_to_dict
-from leads_gql.schema import Context, schema
+from leads_gql.store import db
+from leads_gql.web.schema import Context, schema
 from tests.conftest import new_id
 
 pytestmark = pytest.mark.anyio

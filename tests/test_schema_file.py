@@ -1,6 +1,6 @@
 from pathlib import Path
 
-from leads_gql.schema import schema
+from leads_gql.web.schema import schema
 
 SCHEMA_FILE = Path(__file__).parent.parent / "schema.graphql"
 

@@ -28,8 +28,8 @@ from graphql import (
     parse,
 )
 
-from leads_gql.json_lists import ALL_FIELDS, Keys
 from leads_gql.models import INPUT_FIELDS, LeadRow, lead_to_dict
+from leads_gql.store.json_lists import ALL_FIELDS, Keys
 
 _SELECTABLE = frozenset(ALL_FIELDS) | {"__typename"}
 _INPUT_FIELDS = frozenset(wire for wire, _, _ in INPUT_FIELDS)

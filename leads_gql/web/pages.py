@@ -20,7 +20,7 @@ def csp_hash(text: str) -> str:
     return f"'sha256-{base64.b64encode(digest).decode()}'"
 
 
-GRAPHIQL_HTML = files("leads_gql").joinpath("static/graphiql.html").read_text()
+GRAPHIQL_HTML = files("leads_gql.web").joinpath("static/graphiql.html").read_text()
 _graphiql_script = re.search(r"<script>(.*?)</script>", GRAPHIQL_HTML, re.S)
 assert _graphiql_script is not None
 # GraphiQL comes from unpkg, pinned by Subresource Integrity in the page.

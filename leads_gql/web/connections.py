@@ -37,7 +37,7 @@ from uvicorn.server import ServerState
 from leads_gql.config import Settings
 from leads_gql.limits import client_key
 
-PROTOCOL = "leads_gql.connections:BoundedHttpProtocol"
+PROTOCOL = "leads_gql.web.connections:BoundedHttpProtocol"
 # A request head: the request line and the header fields, as written on the wire.
 MAX_HEAD_BYTES = 16 * 1024
 MAX_HEADER_FIELDS = 100

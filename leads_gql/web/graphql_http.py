@@ -25,9 +25,6 @@ from strawberry.schema.exceptions import (
 from strawberry.types.graphql import OperationType
 
 from leads_gql import resolvers
-from leads_gql.bodies import parse_json, read_json
-from leads_gql.compiled import CreatePlan, ListPlan, Plans
-from leads_gql.db import driver_scope
 from leads_gql.errors import (
     BadRequest,
     InvalidJSON,
@@ -36,10 +33,13 @@ from leads_gql.errors import (
     RateLimited,
     ServiceUnavailable,
 )
-from leads_gql.graphql_limits import MAX_LISTS, list_selections
-from leads_gql.pages import GRAPHIQL_HTML
-from leads_gql.schema import Context, coded_error
+from leads_gql.store.db import driver_scope
 from leads_gql.telemetry import GRAPHQL_OPERATIONS, operation_label
+from leads_gql.web.bodies import parse_json, read_json
+from leads_gql.web.compiled import CreatePlan, ListPlan, Plans
+from leads_gql.web.graphql_limits import MAX_LISTS, list_selections
+from leads_gql.web.pages import GRAPHIQL_HTML
+from leads_gql.web.schema import Context, coded_error
 
 GRAPHQL_RESPONSE = "application/graphql-response+json"
 MAX_BATCH = 10

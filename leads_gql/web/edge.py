@@ -16,7 +16,6 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from leads_gql.pages import GRAPHIQL_CSP
 from leads_gql.telemetry import (
     INTERNAL_ERROR,
     LATENCY,
@@ -24,6 +23,7 @@ from leads_gql.telemetry import (
     AccessLog,
     access_log,
 )
+from leads_gql.web.pages import GRAPHIQL_CSP
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 # New ids: 32 hex digits, a random half per process and a counter (unique across

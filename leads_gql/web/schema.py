@@ -23,13 +23,13 @@ from strawberry.types import ExecutionContext, ExecutionResult, Info
 
 from leads_gql import resolvers
 from leads_gql.auth import Principal
-from leads_gql.db import driver_scope
 from leads_gql.errors import InvalidInput, LeadsError, RateLimited
-from leads_gql.graphql_limits import document_limits
 from leads_gql.limits import WriteLimits
 from leads_gql.models import LeadRow, format_datetime
 from leads_gql.paging import Cursors, Order
+from leads_gql.store.db import driver_scope
 from leads_gql.telemetry import GRAPHQL_OPERATIONS, operation_label
+from leads_gql.web.graphql_limits import document_limits
 
 logger = logging.getLogger("leads_gql.graphql")
 

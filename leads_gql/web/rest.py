@@ -14,10 +14,10 @@ from starlette.routing import Route
 
 from leads_gql import resolvers
 from leads_gql.auth import WRITE, Principal, public_principal
-from leads_gql.bodies import read_json
-from leads_gql.db import driver_scope
 from leads_gql.errors import BadRequest, NotFound
 from leads_gql.models import lead_to_dict
+from leads_gql.store.db import driver_scope
+from leads_gql.web.bodies import read_json
 
 
 class JSONResponse(Response):

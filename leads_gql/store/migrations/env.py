@@ -4,7 +4,7 @@ from alembic import context
 from sqlmodel import SQLModel
 
 import leads_gql.models  # noqa: F401  (registers the tables on the metadata)
-from leads_gql.db import include_object
+from leads_gql.store.db import include_object
 
 connection = context.config.attributes.get("connection")
 if connection is None:

@@ -1,0 +1,1 @@
+"""Storage: the engine and connections, the SQL requests run, migrations."""

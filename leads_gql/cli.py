@@ -1,11 +1,13 @@
-"""The `leads-gql` command: serve | token | export-schema | migrate."""
+"""The `leads-gql` command: serve | token | export-schema | migrate | export."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -149,6 +151,101 @@ def migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def export(args: argparse.Namespace) -> int:
+    from leads_gql.models import parse_uuid
+
+    try:
+        flow = parse_uuid(args.chatflow)
+    except ValueError:
+        _say("leads-gql: --chatflow must be a UUID")
+        return 2
+    output = Path(args.output) if args.output not in (None, "-") else None
+    progress = _Progress() if sys.stderr.isatty() else None
+    try:
+        return asyncio.run(
+            _export(Settings.from_env(), flow, args.format, output, progress)
+        )
+    except OSError as exc:
+        _say(f"leads-gql: export failed: {exc}")
+        return 1
+
+
+async def _export(
+    settings: Settings,
+    flow: str,
+    fmt: str,
+    output: Path | None,
+    progress: _Progress | None,
+) -> int:
+    """Write the flow's export: the same pieces `GET /leads/{id}/export` sends.
+    A file is written under a temporary name and renamed when complete."""
+    from leads_gql.errors import ServiceUnavailable
+    from leads_gql.store import db, exports
+
+    engine = db.make_engine(settings)
+    partial = output.with_name(f".{output.name}.partial") if output else None
+    written = 0
+    try:
+        if progress is not None:
+            progress.total = await exports.count(engine, flow)
+        with contextlib.ExitStack() as files:
+            sink = sys.stdout.buffer
+            async for piece, leads in exports.counted(engine, flow, fmt):
+                if written == 0 and partial is not None:
+                    sink = files.enter_context(partial.open("wb"))
+                sink.write(piece)
+                written += leads
+                if progress is not None:
+                    progress.show(written)
+            sink.flush()
+    except BaseException as exc:
+        if partial is not None:
+            partial.unlink(missing_ok=True)  # never a half-written file
+        if isinstance(exc, ServiceUnavailable):
+            _say("leads-gql: export failed: the database is unavailable")
+            return 1
+        raise
+    finally:
+        await engine.dispose()
+    if written == 0:
+        _say(f"leads-gql: chat flow {flow} has no leads")
+        return 1
+    if partial is not None and output is not None:
+        partial.replace(output)
+    if progress is not None:
+        progress.done(written, output)
+    return 0
+
+
+class _Progress:
+    """`exported 12,000 of 100,000 leads (45,210/s)` on one terminal line."""
+
+    EVERY = 0.2  # seconds between updates
+
+    def __init__(self) -> None:
+        self.total = 0
+        self.start = self.shown = time.monotonic()
+
+    def _rate(self, written: int) -> str:
+        seconds = max(time.monotonic() - self.start, 1e-6)
+        return f"{written / seconds:,.0f}/s"
+
+    def show(self, written: int) -> None:
+        now = time.monotonic()
+        if now - self.shown >= self.EVERY:
+            self.shown = now
+            rate = self._rate(written)
+            sys.stderr.write(f"\rexported {written:,} of {self.total:,} leads ({rate})")
+            sys.stderr.flush()
+
+    def done(self, written: int, output: Path | None) -> None:
+        where = f" to {output}" if output else ""
+        sys.stderr.write(
+            f"\rexported {written:,} leads{where} ({self._rate(written)})\x1b[K\n"
+        )
+        sys.stderr.flush()
+
+
 def _positive(raw: str) -> int:
     try:
         value = int(raw)
@@ -198,11 +295,22 @@ def parser() -> argparse.ArgumentParser:
     sign.add_argument("--sub", default="leads-gql-cli", metavar="NAME")
     sign.set_defaults(func=token)
 
-    export = commands.add_parser("export-schema", help="print the GraphQL SDL")
-    export.set_defaults(func=export_schema)
+    sdl = commands.add_parser("export-schema", help="print the GraphQL SDL")
+    sdl.set_defaults(func=export_schema)
 
     upgrade = commands.add_parser("migrate", help="upgrade the database schema")
     upgrade.set_defaults(func=migrate)
+
+    dump = commands.add_parser(
+        "export",
+        help="write every lead of a chat flow (the bytes GET /leads/{id}/export sends)",
+    )
+    dump.add_argument("--chatflow", required=True, metavar="ID")
+    dump.add_argument("--format", choices=["csv", "ndjson", "json"], default="csv")
+    dump.add_argument(
+        "--output", metavar="FILE", help="default: standard output ('-' too)"
+    )
+    dump.set_defaults(func=export)
     return root
 
 

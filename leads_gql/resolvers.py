@@ -7,18 +7,22 @@ flows, then touches the database; it raises only `leads_gql.errors`.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+from sqlalchemy.ext.asyncio import AsyncEngine
+
 from leads_gql.auth import READ, WRITE, Principal
-from leads_gql.errors import Conflict, InvalidArgument
+from leads_gql.errors import Conflict, InvalidArgument, NotFound
 from leads_gql.limits import WriteLimits
 from leads_gql.models import LeadCreate, StoredLead, parse_uuid
 from leads_gql.paging import Cursors, Filters, Order, PageRequest, Position
-from leads_gql.store import db, statements
+from leads_gql.store import db, exports, statements
 from leads_gql.store.json_lists import REST_KEYS, Keys, list_sql
 from leads_gql.telemetry import LEADS_CREATED
+
+EXPORT_FORMATS = ("csv", "ndjson", "json")
 
 
 def _argument(name: str, value: object) -> str:
@@ -76,6 +80,54 @@ async def leads_json(
         rows = await driver.connection.execute_fetchall(sql, (flow,))
         return str(rows[0][0])
     return str(await driver.connection.fetchval(sql, flow))
+
+
+async def list_leads(
+    *, engine: AsyncEngine, principal: Principal, chatflowid: object
+) -> bytes | AsyncIterator[bytes]:
+    """The REST list: every lead of a flow as a JSON array, oldest first; the
+    whole body for a flow of up to `exports.BATCH` leads (one statement), else a
+    stream, so that a huge flow never sits whole in memory. NotFound if none."""
+    principal.require(READ)
+    flow = _argument("chatflowid", chatflowid)
+    principal.require_chatflow(flow)
+    sql = exports.inline_sql(engine.dialect.name)
+    async with db.driver_scope(engine) as driver:
+        ((body, read),) = await _fetch(driver, sql, flow)
+    if read == 0:
+        raise NotFound("This chat flow has no leads")
+    if read <= exports.BATCH:
+        return str(body).encode()
+    return await _started(exports.stream(engine, flow, "json"))
+
+
+async def export_leads(
+    *, engine: AsyncEngine, principal: Principal, chatflowid: object, format: object
+) -> AsyncIterator[bytes]:
+    """Every lead of a flow in an export format (csv, ndjson, json), oldest
+    first, streamed from the database. NotFound if the flow has none."""
+    principal.require(READ)
+    flow = _argument("chatflowid", chatflowid)
+    if format not in EXPORT_FORMATS:
+        message = f"format must be one of {', '.join(EXPORT_FORMATS)}"
+        raise InvalidArgument([{"field": "format", "message": message}], message)
+    principal.require_chatflow(flow)
+    return await _started(exports.stream(engine, flow, str(format)))
+
+
+async def _started(pieces: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """The stream, its first piece already read: NotFound when there is none
+    (decided before an answer starts)."""
+    first = await anext(pieces, None)
+    if first is None:
+        raise NotFound("This chat flow has no leads")
+
+    async def chained() -> AsyncIterator[bytes]:
+        yield first
+        async for piece in pieces:
+            yield piece
+
+    return chained()
 
 
 async def lead(

@@ -33,8 +33,10 @@ generator without the pytest plumbing.
 from __future__ import annotations
 
 import contextlib
+import csv
 import dataclasses
 import functools
+import io
 import json
 import os
 import re
@@ -94,10 +96,13 @@ FUZZ_FULL = settings(FUZZ, max_examples=FULL_EXAMPLES)
 
 REST_OPERATIONS = [
     ("GET", "/leads/{id}"),
+    ("GET", "/leads/{id}/export"),
     ("POST", "/leads"),
     ("GET", "/api/v1/leads/{id}"),
+    ("GET", "/api/v1/leads/{id}/export"),
     ("POST", "/api/v1/leads"),
 ]
+EXPORT_FORMATS = ("csv", "ndjson", "json")
 GRAPHQL_OPERATIONS = [
     "Query.leadsByChatflow",
     "Query.lead",
@@ -418,15 +423,20 @@ def check_leads(leads: list[dict[str, Any]], why: Callable[[], str]) -> None:
 # REST --------------------------------------------------------------------------
 
 
-def rest_statuses(grant: Grant | None, flow: str | None) -> set[int]:
+def rest_statuses(
+    grant: Grant | None, flow: str | None, export_format: str | None = None
+) -> set[int]:
     """The statuses a request may get with this grant (None: no valid token);
-    `flow` is the chat flow id a GET asked for, None for a POST."""
+    `flow` is the chat flow id a GET asked for, None for a POST; `export_format`
+    the format an export asked for."""
     if grant is None:
         return {401}
     if flow is not None:  # GET /leads/{id}: scope, then the id, then the flows
         if not grant.read or grant.flows == frozenset():
             return {403}
         if not UUID_ANY.fullmatch(flow):
+            return {400}
+        if export_format is not None and export_format not in EXPORT_FORMATS:
             return {400}
         if grant.flows is not None and flow.lower() not in grant.flows:
             return {403}
@@ -448,8 +458,37 @@ def requested_flow(case: Case[Any], response: Any) -> tuple[bool, str | None]:
     prefix = case.operation.path.split("/leads")[0]
     if case.method.upper() == "POST":
         return path.rstrip("/") == f"{prefix}/leads", None
-    match = re.fullmatch(rf"{re.escape(prefix)}/leads/([^/]+)/*", path)
+    tail = "/export" if case.operation.path.endswith("/export") else ""
+    match = re.fullmatch(rf"{re.escape(prefix)}/leads/([^/]+){tail}/*", path)
     return match is not None, match.group(1) if match else None
+
+
+def export_format(case: Case[Any]) -> str | None:
+    """The format an export asked for (csv when none); None for other paths."""
+    if not case.operation.path.endswith("/export"):
+        return None
+    return str((case.query or {}).get("format", "csv"))
+
+
+def exported_leads(fmt: str, response: Any) -> list[dict[str, Any]]:
+    """The leads of an export's body, read back by its format's rules."""
+    if fmt == "json":
+        return response.json()  # type: ignore[no-any-return]
+    if fmt == "ndjson":
+        assert response.text.endswith("\n")
+        return [json.loads(line) for line in response.text.splitlines()]
+    assert response.content.endswith(b"\r\n")
+    rows = list(csv.reader(io.StringIO(response.text, newline="")))
+    assert rows[0] == [
+        "id",
+        "name",
+        "email",
+        "phone",
+        "chatflowid",
+        "chatId",
+        "createdDate",
+    ]
+    return [dict(zip(rows[0], row, strict=True)) for row in rows[1:]]
 
 
 def rest_strategy(operation: Any, modes: list[GenerationMode]) -> Any:
@@ -485,11 +524,12 @@ def rest_case(
         check_storage(target, before, [], why)
         return
     case.validate_response(response, checks=OPENAPI_CHECKS)
-    allowed = rest_statuses(grant, flow)
+    fmt = export_format(case)
+    allowed = rest_statuses(grant, flow, fmt)
     assert response.status_code in allowed, f"expected one of {sorted(allowed)}{why()}"
     created = []
     if response.status_code == 200:
-        answer = response.json()
+        answer = response.json() if fmt is None else exported_leads(fmt, response)
         leads = answer if isinstance(answer, list) else [answer]
         check_leads(leads, why)
         if method == "POST":

@@ -25,8 +25,10 @@ async def test_openapi_document_describes_both_prefixes(
     assert doc["openapi"].startswith("3.1")
     assert set(doc["paths"]) == {
         "/leads/{id}",
+        "/leads/{id}/export",
         "/leads",
         "/api/v1/leads/{id}",
+        "/api/v1/leads/{id}/export",
         "/api/v1/leads",
     }
     assert doc["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"

@@ -205,10 +205,11 @@ async def driver_scope(engine: AsyncEngine) -> AsyncIterator[Driver]:
         pooled = await engine.raw_connection()
         try:
             yield Driver(engine, pooled.driver_connection)
-        except Exception as error:
+        except BaseException as error:
             # Past SQLAlchemy's own disconnect handling: a connection that broke
-            # under a statement is never handed out again.
-            if _unavailable(error):
+            # under a statement, or was left mid-statement (a cancelled request,
+            # an abandoned stream), is never handed out again.
+            if _unavailable(error) or not isinstance(error, Exception):
                 with contextlib.suppress(Exception):
                     await greenlet_spawn(pooled.invalidate)
             raise

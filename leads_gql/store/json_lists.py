@@ -31,6 +31,11 @@ _POSTGRES_INSTANT = (
     " || CASE WHEN date_trunc('second', created_date) = created_date THEN ''"
     " ELSE to_char(created_date AT TIME ZONE 'UTC', '.US') END || 'Z' END"
 )
+def instant_sql(dialect: str) -> str:
+    """`createdDate` as the API prints it, computed by the database."""
+    return _SQLITE_INSTANT if dialect == "sqlite" else _POSTGRES_INSTANT
+
+
 _COLUMNS = {
     "id": "id",
     "name": "name",
@@ -46,7 +51,7 @@ _COLUMNS = {
 def list_sql(dialect: str, keys: Keys) -> str:
     """One statement in the driver's own dialect (`?` for SQLite, `$1` for asyncpg):
     the JSON array of a flow's leads, with these keys."""
-    instant = _SQLITE_INSTANT if dialect == "sqlite" else _POSTGRES_INSTANT
+    instant = instant_sql(dialect)
     pairs = []
     for key, field in keys:
         # Keys are GraphQL names (letters, digits, `_`): safe as SQL literals.

@@ -78,6 +78,54 @@ def _paths(prefix: str) -> dict[str, Any]:
                 },
             }
         },
+        f"{prefix}/leads/{{id}}/export": {
+            "get": {
+                "operationId": f"exportLeads{prefix.replace('/', '_')}",
+                "summary": "Download every lead of a chat flow, oldest first, "
+                "streamed: CSV (RFC 4180, CRLF, formula-guarded cells), NDJSON "
+                "or a JSON array",
+                "parameters": [
+                    {
+                        "name": "id",
+                        "in": "path",
+                        "required": True,
+                        "description": "The chat flow id (a UUID, else 400)",
+                        "schema": {"type": "string"},
+                    },
+                    {
+                        "name": "format",
+                        "in": "query",
+                        "required": False,
+                        "description": "csv (default), ndjson or json; else 400",
+                        "schema": {"type": "string", "enum": ["csv", "ndjson", "json"]},
+                    },
+                ],
+                "responses": {
+                    "200": {
+                        "description": "The leads, as an attachment named "
+                        "<id>-leads.<format>",
+                        "headers": {
+                            "Content-Disposition": {"schema": {"type": "string"}}
+                        },
+                        "content": {
+                            "text/csv": {"schema": {"type": "string"}},
+                            "application/x-ndjson": {"schema": {"type": "string"}},
+                            "application/json": {
+                                "schema": {
+                                    "type": "array",
+                                    "items": {"$ref": "#/components/schemas/Lead"},
+                                }
+                            },
+                        },
+                    },
+                    "400": _error("The id is not a UUID, or the format is unknown"),
+                    "401": _UNAUTHORIZED,
+                    "403": _error("The token lacks leads:read or this chat flow"),
+                    "404": _error("The chat flow has no leads"),
+                    "503": _error("The database is unavailable; retry"),
+                },
+            }
+        },
         f"{prefix}/leads": {
             "post": {
                 "operationId": f"createLead{prefix.replace('/', '_')}",

@@ -9,12 +9,12 @@ from typing import Any
 
 import orjson
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from leads_gql import resolvers
 from leads_gql.auth import WRITE, Principal, public_principal
-from leads_gql.errors import BadRequest, NotFound
+from leads_gql.errors import BadRequest
 from leads_gql.models import lead_to_dict
 from leads_gql.store.db import driver_scope
 from leads_gql.web.bodies import read_json
@@ -38,17 +38,41 @@ def principal(request: Request) -> Principal:
 
 
 async def get_leads(request: Request) -> Response:
-    """GET /leads/{id}: every lead of chat flow `id`, oldest first; 404 if none."""
-    caller = principal(request)
-    async with driver_scope(request.app.state.engine) as driver:
-        body = await resolvers.leads_json(
-            driver=driver,
-            principal=caller,
-            chatflowid=request.path_params["id"],
-        )
-    if body == "[]":
-        raise NotFound("This chat flow has no leads")
-    return Response(body, media_type="application/json")
+    """GET /leads/{id}: every lead of chat flow `id`, oldest first; 404 if none.
+    A large flow is streamed rather than held whole."""
+    body = await resolvers.list_leads(
+        engine=request.app.state.engine,
+        principal=principal(request),
+        chatflowid=request.path_params["id"],
+    )
+    if isinstance(body, bytes):
+        return Response(body, media_type="application/json")
+    return StreamingResponse(body, media_type="application/json")
+
+
+EXPORT_TYPES = {
+    "csv": "text/csv; charset=utf-8",
+    "ndjson": "application/x-ndjson",
+    "json": "application/json",
+}
+
+
+async def export_leads(request: Request) -> Response:
+    """GET /leads/{id}/export?format=csv|ndjson|json: a download of the flow."""
+    flow = request.path_params["id"]
+    fmt = request.query_params.get("format", "csv")
+    pieces = await resolvers.export_leads(
+        engine=request.app.state.engine,
+        principal=principal(request),
+        chatflowid=flow,
+        format=fmt,
+    )
+    filename = f"{flow.lower()}-leads.{fmt}"
+    return StreamingResponse(
+        pieces,
+        media_type=EXPORT_TYPES[fmt],
+        headers={"Content-Disposition": f'attachment; filename="{filename}"'},
+    )
 
 
 async def create_lead(request: Request) -> Response:
@@ -83,5 +107,6 @@ async def create_lead(request: Request) -> Response:
 
 routes = [
     Route("/leads/{id}", get_leads, methods=["GET"]),
+    Route("/leads/{id}/export", export_leads, methods=["GET"]),
     Route("/leads", create_lead, methods=["POST"]),
 ]

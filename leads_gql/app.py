@@ -21,6 +21,7 @@ from leads_gql.config import Settings
 from leads_gql.errors import InvalidInput, LeadsError
 from leads_gql.limits import WriteLimits
 from leads_gql.paging import Cursors
+from leads_gql.retention import Retention
 from leads_gql.store import db
 from leads_gql.telemetry import metrics
 from leads_gql.web import rest
@@ -101,7 +102,20 @@ def create_app(settings: Settings | None = None) -> Starlette:
             # scale with it.
             gc.collect()
             gc.freeze()
-            yield
+            retention = None
+            if settings.retention_days is not None:
+                retention = Retention(
+                    engine,
+                    settings.retention_days,
+                    interval=settings.retention_interval,
+                )
+                retention.start()
+            app.state.retention = retention
+            try:
+                yield
+            finally:
+                if retention is not None:
+                    await retention.stop()
         finally:
             await engine.dispose()
 

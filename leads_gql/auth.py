@@ -19,6 +19,8 @@ from leads_gql.errors import Forbidden, Unauthenticated
 
 READ = "leads:read"
 WRITE = "leads:write"
+# Deleting and erasing leads; enough on its own (neither read nor write needed).
+DELETE = "leads:delete"
 MAX_TOKEN_LENGTH = 8192
 _CACHE_SIZE = 4096
 

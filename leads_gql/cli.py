@@ -1,4 +1,4 @@
-"""The `leads-gql` command: serve | token | export-schema | migrate | export."""
+"""The `leads-gql` command: serve | token | export-schema | migrate | export | purge."""
 
 from __future__ import annotations
 
@@ -311,6 +311,17 @@ def parser() -> argparse.ArgumentParser:
         "--output", metavar="FILE", help="default: standard output ('-' too)"
     )
     dump.set_defaults(func=export)
+
+    sweep = commands.add_parser(
+        "purge", help="delete the leads older than N days, once, as retention does"
+    )
+    sweep.add_argument(
+        "--older-than-days", type=_days, required=True, metavar="N", dest="days"
+    )
+    sweep.add_argument(
+        "--dry-run", action="store_true", help="only count what would be deleted"
+    )
+    sweep.set_defaults(func=purge)
     return root
 
 
@@ -321,3 +332,54 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         _say(f"leads-gql: configuration error: {exc}")
         return 2
+
+
+def _days(raw: str) -> int:
+    from leads_gql.config import MAX_RETENTION_DAYS
+
+    days = _positive(raw)
+    if days > MAX_RETENTION_DAYS:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_RETENTION_DAYS}")
+    return days
+
+
+def purge(args: argparse.Namespace) -> int:
+    """Retention, once: deletes (or counts) the leads past the limit."""
+    import logging.config
+
+    from sqlalchemy.exc import DBAPIError
+
+    from leads_gql.errors import ServiceUnavailable
+    from leads_gql.retention import purge_once
+    from leads_gql.store import db
+    from leads_gql.telemetry import log_config
+
+    settings = Settings.from_env()
+    # The audit trail, one JSON line per deleted lead, on stderr as under serve.
+    logging.config.dictConfig(log_config("warning"))
+
+    async def run() -> int:
+        engine = db.make_engine(settings)
+        try:
+            return await purge_once(engine, args.days, dry_run=args.dry_run)
+        finally:
+            await engine.dispose()
+
+    try:
+        count = asyncio.run(run())
+    except db.SchemaBehind as exc:
+        _say(f"leads-gql: refusing to purge: {exc}")
+        return 1
+    except (OSError, ServiceUnavailable) as exc:
+        _say(f"leads-gql: cannot reach the database: {exc}")
+        return 1
+    except DBAPIError as exc:  # no such database, refused credentials...
+        _say(f"leads-gql: cannot use the database: {exc.orig}")
+        return 1
+    leads = "lead" if count == 1 else "leads"
+    if args.dry_run:
+        message = f"would delete {count} {leads} older than {args.days} days (dry run)"
+    else:
+        message = f"deleted {count} {leads} older than {args.days} days"
+    sys.stdout.write(message + "\n")
+    return 0

@@ -66,6 +66,20 @@ def _float(name: str, raw: str) -> float:
     return value
 
 
+# Retention keeps leads at most this long: a century is far past any policy, and
+# keeps "now minus the limit" within the dates both databases (and Python) hold.
+MAX_RETENTION_DAYS = 36500
+# SPEC: retention deletes a lead within a minute of it passing the limit.
+MAX_RETENTION_INTERVAL = 60.0
+
+
+def _retention_days(name: str, raw: str) -> int:
+    value = _int(name, raw.strip(), minimum=1)
+    if value > MAX_RETENTION_DAYS:
+        raise ConfigError(f"{name} must be at most {MAX_RETENTION_DAYS} (days)")
+    return value
+
+
 def _list(raw: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in raw.split(",") if item.strip())
 
@@ -190,6 +204,10 @@ class Settings:
     # Reverse proxies (networks) whose X-Forwarded-For is believed and whose
     # connections are exempt from the per-address cap; none by default.
     forwarded_allow_ips: tuple[str, ...] = ()
+    # Retention: leads older than this many days are deleted in the background,
+    # sweeping every `retention_interval` seconds; None keeps them forever.
+    retention_days: int | None = None
+    retention_interval: float = 30.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -251,6 +269,18 @@ class Settings:
         if (raw := get("FORWARDED_ALLOW_IPS")) is not None:
             name = PREFIX + "FORWARDED_ALLOW_IPS"
             fields["forwarded_allow_ips"] = _networks(name, raw)
+        if (raw := get("RETENTION_DAYS")) is not None:
+            name = PREFIX + "RETENTION_DAYS"
+            fields["retention_days"] = _retention_days(name, raw)
+        if (raw := get("RETENTION_INTERVAL")) is not None:
+            name = PREFIX + "RETENTION_INTERVAL"
+            interval = _float(name, raw)
+            if interval > MAX_RETENTION_INTERVAL:
+                raise ConfigError(
+                    f"{name} must be at most {MAX_RETENTION_INTERVAL:g} (seconds): "
+                    "retention deletes a lead within a minute of it passing the limit"
+                )
+            fields["retention_interval"] = interval
         settings = cls(**fields)  # type: ignore[arg-type]
         settings.check_algorithms()
         return settings

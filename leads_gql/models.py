@@ -14,7 +14,7 @@ from email_validator import (
     EmailNotValidError,
     validate_email,
 )
-from sqlalchemy import DateTime, Dialect, Index, String
+from sqlalchemy import DateTime, Dialect, Index, String, text
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, SQLModel
 
@@ -71,13 +71,21 @@ class LeadBase(SQLModel):
 
 class Lead(LeadBase, table=True):
     __tablename__ = "lead"
-    # Serves "the leads of a chat flow, oldest first" from the index alone.
     __table_args__ = (
+        # Serves "the leads of a chat flow, oldest first" from the index alone.
         Index("ix_lead_chatflowid_created_date_id", "chatflowid", "created_date", "id"),
+        # Erasure finds a contact's leads in every flow: by email in any letter
+        # case, by the digits of the phone. Retention finds leads by age.
+        Index("ix_lead_email_lower", text("lower(email)")),
+        Index("ix_lead_phone_digits", "phone_digits"),
+        Index("ix_lead_created_date", "created_date"),
     )
 
     id: str = Field(primary_key=True, sa_type=String(36))
     created_date: datetime = Field(sa_type=UTCDateTime, nullable=False)
+    # `phone` without its formatting (`phone_digits(phone)`), written with every
+    # insert; never part of a lead's output.
+    phone_digits: str | None = Field(default=None, sa_type=String(255))
 
 
 class LeadRow(Protocol):
@@ -223,6 +231,14 @@ def parse_phone(value: object) -> str:
     if not 5 <= digits <= 20:
         raise ValueError("must have 5 to 20 digits")
     return phone
+
+
+def phone_digits(phone: str | None) -> str | None:
+    """The digits of a phone number, as stored for erasure to match
+    (`+44 20 7946 0958` and `(44) 20-7946-0958` are both `442079460958`)."""
+    if phone is None:
+        return None
+    return "".join(ch for ch in phone if ch in "0123456789") or None
 
 
 def parse_chat_id(value: object) -> str:

@@ -7,20 +7,34 @@ flows, then touches the database; it raises only `leads_gql.errors`.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator, Mapping
+import json
+from collections.abc import AsyncIterator, Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from leads_gql.auth import READ, WRITE, Principal
-from leads_gql.errors import Conflict, InvalidArgument, NotFound
+from leads_gql.auth import DELETE, READ, WRITE, Principal
+from leads_gql.errors import (
+    Conflict,
+    FieldError,
+    InvalidArgument,
+    InvalidInput,
+    NotFound,
+)
 from leads_gql.limits import WriteLimits
-from leads_gql.models import LeadCreate, StoredLead, parse_uuid
+from leads_gql.models import (
+    LeadCreate,
+    StoredLead,
+    parse_email,
+    parse_phone,
+    parse_uuid,
+    phone_digits,
+)
 from leads_gql.paging import Cursors, Filters, Order, PageRequest, Position
 from leads_gql.store import db, exports, statements
 from leads_gql.store.json_lists import REST_KEYS, Keys, list_sql
-from leads_gql.telemetry import LEADS_CREATED
+from leads_gql.telemetry import LEADS_CREATED, lead_deleted
 
 EXPORT_FORMATS = ("csv", "ndjson", "json")
 
@@ -147,7 +161,7 @@ async def _insert(driver: db.Driver, new: StoredLead) -> bool:
     created_date = statements.created_date_in(driver.dialect)(new.created_date)
     values = (
         new.id, new.name, new.email, new.phone, new.chatflowid, new.chat_id,
-        created_date,
+        created_date, phone_digits(new.phone),
     )  # fmt: skip
     if driver.sqlite:
         sql = statements.INSERT["sqlite"]
@@ -303,3 +317,115 @@ async def count_leads(*, driver: db.Driver, page: Page) -> int:
     conditions, values = _narrowed(driver, page.flow, page.filters)
     sql = statements.page_count(driver.dialect.name, conditions)
     return int((await _fetch(driver, sql, *values))[0][0])
+
+
+# --- Deleting leads: deleteLead, eraseContact, retention ----------------------
+# Each deleted lead is logged (who, its id and flow, why; never contact data) and
+# counted, once its DELETE has committed: the log tells what was deleted.
+
+RETENTION = "retention"
+
+
+async def delete_lead(
+    *, driver: db.Driver, principal: Principal, id: object
+) -> StoredLead | None:
+    """Delete one lead and return it; None when unknown or outside the token's
+    chat flows (no existence oracle)."""
+    principal.require(DELETE)
+    lead_id = _argument("id", id)
+    found = await _leads(driver, statements.BY_ID, lead_id)
+    if not found or not principal.can_access(found[0].chatflowid):
+        return None
+    async with db.writing(driver.engine):
+        rows = await _fetch(
+            driver,
+            statements.DELETE_LEAD[driver.dialect.name],
+            lead_id,
+            found[0].chatflowid,
+        )
+    if not rows:  # deleted by someone else in the meantime
+        return None
+    (deleted,) = _stored(driver, rows)
+    lead_deleted(
+        sub=principal.sub,
+        lead_id=deleted.id,
+        chatflowid=deleted.chatflowid,
+        cause="deleteLead",
+    )
+    return deleted
+
+
+def _contact(
+    name: str, value: object, parse: Callable[[object], str], errors: list[FieldError]
+) -> str | None:
+    """An argument of eraseContact, parsed as a lead's field; None when absent."""
+    if value is None:
+        return None
+    if isinstance(value, str) and not value.strip():
+        errors.append({"field": name, "message": "must not be blank"})
+        return None
+    try:
+        return parse(value)
+    except ValueError as exc:
+        errors.append({"field": name, "message": str(exc)})
+        return None
+
+
+async def erase_contact(
+    *,
+    driver: db.Driver,
+    principal: Principal,
+    email: object = None,
+    phone: object = None,
+) -> int:
+    """Delete every lead, within the token's chat flows (all of them for a token
+    without the claim), whose email equals `email` in any letter case or whose
+    phone has the digits of `phone`; return how many.
+
+    One DELETE ... RETURNING: atomic on its own, and it names what it deleted.
+    """
+    principal.require(DELETE)
+    errors: list[FieldError] = []
+    wanted_email = _contact("email", email, parse_email, errors)
+    wanted_phone = _contact("phone", phone, parse_phone, errors)
+    if not errors and wanted_email is None and wanted_phone is None:
+        errors = [
+            {"field": field, "message": "give an email, a phone or both"}
+            for field in ("email", "phone")
+        ]
+    if errors:
+        raise InvalidInput(errors, "The contact to erase is invalid")
+    values: list[object] = [wanted_email, phone_digits(wanted_phone)]
+    sql = statements.ERASE
+    if principal.chatflows is not None:
+        sql = statements.ERASE_IN_FLOWS
+        flows = sorted(principal.chatflows)
+        values.append(json.dumps(flows) if driver.sqlite else flows)
+    async with db.writing(driver.engine):
+        rows = await _fetch(driver, sql[driver.dialect.name], *values)
+    for lead_id, flow in rows:
+        lead_deleted(
+            sub=principal.sub, lead_id=lead_id, chatflowid=flow, cause="eraseContact"
+        )
+    return len(rows)
+
+
+async def delete_expired(*, driver: db.Driver, before: datetime, limit: int) -> int:
+    """Retention, one batch: delete up to `limit` of the oldest leads created
+    before `before` (one short transaction); return how many. Logged with
+    `retention` as the sub."""
+    instant = statements.created_date_in(driver.dialect)(before)
+    async with db.writing(driver.engine):
+        rows = await _fetch(
+            driver, statements.EXPIRED_BATCH[driver.dialect.name], instant, limit
+        )
+    for lead_id, flow in rows:
+        lead_deleted(sub=RETENTION, lead_id=lead_id, chatflowid=flow, cause=RETENTION)
+    return len(rows)
+
+
+async def count_expired(*, driver: db.Driver, before: datetime) -> int:
+    """How many leads were created before `before` (what retention would delete)."""
+    instant = statements.created_date_in(driver.dialect)(before)
+    sql = statements.COUNT_EXPIRED[driver.dialect.name]
+    return int((await _fetch(driver, sql, instant))[0][0])

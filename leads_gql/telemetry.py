@@ -19,6 +19,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 access_log = logging.getLogger("leads_gql.access")
+# One line per deleted lead: who, which lead, its flow, why; never contact data.
+audit_log = logging.getLogger("leads_gql.audit")
 
 REQUESTS = Counter(
     "leads_http_requests_total", "HTTP requests", ["method", "route", "status"]
@@ -35,6 +37,31 @@ GRAPHQL_OPERATIONS = Counter(
     ["operation", "outcome"],
 )
 LEADS_CREATED = Counter("leads_created_total", "Leads stored (retries not counted)")
+DELETION_CAUSES = ("deleteLead", "eraseContact", "retention")
+LEADS_DELETED = Counter(
+    "leads_deleted_total",
+    "Leads deleted, by cause (deleteLead, eraseContact, retention)",
+    ["cause"],
+)
+for _cause in DELETION_CAUSES:
+    LEADS_DELETED.labels(_cause)  # every cause shows, at 0 until it happens
+
+
+def lead_deleted(*, sub: str, lead_id: str, chatflowid: str, cause: str) -> None:
+    """The audit trail of one deleted lead, and its count."""
+    LEADS_DELETED.labels(cause).inc()
+    audit_log.info(
+        "lead deleted",
+        extra={
+            "fields": {
+                "sub": sub,
+                "lead_id": lead_id,
+                "chatflowid": chatflowid,
+                "cause": cause,
+            }
+        },
+    )
+
 
 INTERNAL_ERROR = Response(
     b'{"statusCode":500,"message":"Internal server error"}',
@@ -197,5 +224,7 @@ def log_config(level: str) -> dict[str, Any]:
                 "level": level.upper(),
                 "propagate": False,
             },
+            # The audit trail of deletions is not a verbosity: always on.
+            "leads_gql.audit": {"level": "INFO"},
         },
     }

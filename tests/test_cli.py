@@ -144,3 +144,69 @@ def test_python_dash_m_and_export_schema(tmp_path: Path) -> None:
     out = run_cli("export-schema", cwd=tmp_path, env=cli_env())
     assert out.returncode == 0
     assert "leadsByChatflow(chatflowid: ID!): [Lead!]!" in out.stdout
+
+
+def test_a_delete_token_erases_a_contact_across_flows(tmp_path: Path) -> None:
+    """What README's erasure request does: a leads:delete token, one request."""
+    env = cli_env()
+    flows = [str(uuid.uuid4()) for _ in range(3)]
+    with Server(tmp_path, env) as server:
+        writer = run_cli("token", cwd=tmp_path, env=env).stdout.strip()
+        for flow, contact in zip(
+            flows,
+            [
+                {"email": "Ada@Example.com"},
+                {"phone": "(44) 20-7946-0958", "name": "Ada"},
+                {"email": "grace@example.com"},
+            ],
+            strict=True,
+        ):
+            answer = httpx.post(
+                f"{server.url}/leads",
+                json={"chatflowid": flow, **contact},
+                headers={"Authorization": f"Bearer {writer}"},
+            )
+            assert answer.status_code == 200, answer.text
+        token = run_cli(
+            "token", "--scope", "leads:delete", "--sub", "dpo", cwd=tmp_path, env=env
+        )
+        assert token.returncode == 0, token.stderr
+        erased = httpx.post(
+            f"{server.url}/graphql",
+            json={
+                "query": "mutation($e: String, $p: String) "
+                "{ eraseContact(email: $e, phone: $p) }",
+                "variables": {"e": "ada@example.com", "p": "+44 20 7946 0958"},
+            },
+            headers={"Authorization": f"Bearer {token.stdout.strip()}"},
+        )
+        assert erased.json() == {"data": {"eraseContact": 2}}
+        left = [
+            httpx.get(
+                f"{server.url}/leads/{flow}",
+                headers={"Authorization": f"Bearer {writer}"},
+            ).status_code
+            for flow in flows
+        ]
+        assert left == [404, 404, 200]
+        output = server.output()
+    assert output.count('"sub":"dpo"') == 2
+    assert output.count('"cause":"eraseContact"') == 2
+    assert "ada@example.com" not in output.lower() and "7946" not in output
+
+
+def test_purge_refuses_bad_arguments_and_a_schema_that_is_behind(
+    tmp_path: Path,
+) -> None:
+    env = cli_env(LEADS_DATABASE_URL=f"sqlite:///{tmp_path}/fresh.db")
+    for args in ([], ["--older-than-days", "0"], ["--older-than-days", "x"]):
+        out = run_cli("purge", *args, cwd=tmp_path, env=env)
+        assert out.returncode == 2, args
+        assert "--older-than-days" in out.stderr
+    out = run_cli("purge", "--older-than-days", "36501", cwd=tmp_path, env=env)
+    assert out.returncode == 2 and "at most 36500" in out.stderr
+    out = run_cli("purge", "--older-than-days", "30", cwd=tmp_path, env=env)
+    assert out.returncode == 1
+    assert "leads-gql migrate" in out.stderr
+    assert "Traceback" not in out.stderr
+    assert out.stdout == ""

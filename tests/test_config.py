@@ -61,6 +61,9 @@ def test_defaults() -> None:
     assert settings.max_connections_per_address == 100
     # Proxy headers are believed from nobody unless proxies are listed.
     assert settings.forwarded_allow_ips == ()
+    # Leads are kept until deleted, unless the operator sets a retention limit.
+    assert settings.retention_days is None
+    assert settings.retention_interval == 30.0
 
 
 def test_reads_os_environ_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -170,6 +173,11 @@ def test_blank_values_are_unset(name: str, blank: str) -> None:
             "forwarded_allow_ips",
             ("10.0.0.0/8", "192.0.2.7/32", "2001:db8::/32"),
         ),
+        ({"LEADS_RETENTION_DAYS": "30"}, "retention_days", 30),
+        ({"LEADS_RETENTION_DAYS": " 1 "}, "retention_days", 1),
+        ({"LEADS_RETENTION_DAYS": "36500"}, "retention_days", 36500),
+        ({"LEADS_RETENTION_INTERVAL": "0.5"}, "retention_interval", 0.5),
+        ({"LEADS_RETENTION_INTERVAL": "60"}, "retention_interval", 60.0),
     ],
 )
 def test_each_variable(env: dict[str, str], field: str, expected: Any) -> None:
@@ -268,6 +276,17 @@ def test_public_key_from_a_file(
         ("LEADS_FORWARDED_ALLOW_IPS", "*"),
         ("LEADS_FORWARDED_ALLOW_IPS", "10.0.0.1, proxy.internal"),
         ("LEADS_FORWARDED_ALLOW_IPS", "10.0.0.0/33"),
+        ("LEADS_RETENTION_DAYS", "0"),
+        ("LEADS_RETENTION_DAYS", "-7"),
+        ("LEADS_RETENTION_DAYS", "1.5"),
+        ("LEADS_RETENTION_DAYS", "30d"),
+        ("LEADS_RETENTION_DAYS", "a month"),
+        ("LEADS_RETENTION_DAYS", "36501"),
+        ("LEADS_RETENTION_DAYS", "99999999999"),
+        ("LEADS_RETENTION_INTERVAL", "0"),
+        ("LEADS_RETENTION_INTERVAL", "61"),
+        ("LEADS_RETENTION_INTERVAL", "inf"),
+        ("LEADS_RETENTION_INTERVAL", "soon"),
     ],
 )
 def test_bad_values_fail_naming_the_variable(name: str, value: str) -> None:

@@ -1,9 +1,9 @@
 """Property-based fuzzing with schemathesis, against a real `leads-gql serve`.
 
 The REST shim is fuzzed from the OpenAPI document it serves at /openapi.json, and
-/graphql from its own schema (by introspection), with a valid read+write token, with
-missing, malformed, forged and expired tokens, and with tokens that lack a scope or a
-chat flow. For every generated request:
+/graphql from its own schema (by introspection), with a valid read+write+delete
+token, with missing, malformed, forged and expired tokens, and with tokens that lack
+a scope or a chat flow. For every generated request:
 
 - no 5xx; on GraphQL, no error without an `extensions.code` and none coded
   INTERNAL_SERVER_ERROR;
@@ -13,9 +13,10 @@ chat flow. For every generated request:
   and, on a 401, `WWW-Authenticate: Bearer`;
 - the status is the one the token allows: 401 for a bad token (or a case that went
   out without one), 403 where a scope or chat flow is missing, never 401 or 403 for
-  a full token; a limited token reads and creates nothing outside its grant;
-- nothing is stored that the response does not hand back: the SQLite file's lead
-  count is taken before and after every request, and a returned lead must be there.
+  a full token; a limited token reads, creates and deletes nothing outside its grant;
+- nothing is stored or deleted that the response does not hand back: the SQLite
+  file's lead count is taken before and after every request, a returned lead must
+  be there (or, deleted, gone). Deleted seed leads are stored again.
 
 The default run is bounded: 100 examples per operation with a full token, 50 with
 the other tokens, derandomized (the same cases on every run), about 25 s in all on
@@ -108,6 +109,8 @@ GRAPHQL_OPERATIONS = [
     "Query.lead",
     "Query.leads",
     "Mutation.createLead",
+    "Mutation.deleteLead",
+    "Mutation.eraseContact",
 ]
 MODES = [GenerationMode.POSITIVE, GenerationMode.NEGATIVE]
 
@@ -188,7 +191,7 @@ def spread(values: list[str]) -> st.SearchStrategy[str]:
 
 
 def token(
-    scope: str | None = "leads:read leads:write",
+    scope: str | None = "leads:read leads:write leads:delete",
     *,
     key: str = SECRET,
     algorithm: str = "HS256",
@@ -232,6 +235,7 @@ class Grant:
 
     read: bool
     write: bool
+    delete: bool = False
     flows: frozenset[str] | None = None
 
 
@@ -244,14 +248,18 @@ def limited_tokens() -> dict[str, tuple[str, Grant]]:
         "empty-chatflows": (bearer(token(chatflows=[])), nothing),
         "read-only": (bearer(token("leads:read")), Grant(read=True, write=False)),
         "write-only": (bearer(token("leads:write")), Grant(read=False, write=True)),
+        "delete-only": (
+            bearer(token("leads:delete")),
+            Grant(read=False, write=False, delete=True),
+        ),
         "other-flow": (
             bearer(token(chatflows=[FLOW_OTHER.upper()])),
-            Grant(read=True, write=True, flows=frozenset({FLOW_OTHER})),
+            Grant(read=True, write=True, delete=True, flows=frozenset({FLOW_OTHER})),
         ),
     }
 
 
-FULL = Grant(read=True, write=True)
+FULL = Grant(read=True, write=True, delete=True)
 
 
 # The server under test ---------------------------------------------------------
@@ -278,6 +286,18 @@ class Target:
 
     def log_tail(self) -> str:
         return self.server.output()[-4000:]
+
+    def reseed(self) -> None:
+        """Store the seed leads again (those deleted); a seed id taken since by a
+        lead of other content is a 409, left as it is."""
+        for lead in SEED_LEADS:
+            response = self.session.post(
+                f"{self.url}/leads",
+                json=lead,
+                headers={"Authorization": bearer(token())},
+                timeout=REQUEST_TIMEOUT,
+            )
+            assert response.status_code in {200, 409}, response.text
 
 
 @pytest.fixture(scope="module")
@@ -318,10 +338,15 @@ def graphql_schema(target: Target) -> Iterator[Any]:
         st.integers().map(nodes.Int),
     )
     # An email is a valid name, email and chatId; a blank is a null contact field.
+    # The seed leads' contacts, in other letter cases and formats, so that
+    # eraseContact (given both arguments, nearly always) finds leads to delete.
+    seed_contacts = ["ADA@example.COM", "44 20 7946 0958"]
     strings = st.one_of(
         st.emails(),
         st.emails(),
         st.sampled_from(["", "  ", "chat-1"]),
+        spread(seed_contacts),
+        spread(seed_contacts),
         st.from_regex(r"\+?[0-9][0-9 ().-]{4,24}", fullmatch=True),
         st.text(),
         st.text(min_size=250, max_size=260),
@@ -400,12 +425,18 @@ def check_common(response: Any, why: Callable[[], str]) -> None:
 
 
 def check_storage(
-    target: Target, before: int, created: list[str], why: Callable[[], str]
+    target: Target,
+    before: int,
+    created: list[str],
+    why: Callable[[], str],
+    deleted: int = 0,
 ) -> None:
-    """Nothing stored unless the response hands back the stored lead(s)."""
+    """Nothing stored unless the response hands back the stored lead(s), nothing
+    deleted beyond the `deleted` it answered."""
     after = target.lead_count()
-    assert before <= after <= before + len(created), (
-        f"{after - before} lead(s) stored, {len(created)} answered{why()}"
+    assert before - deleted <= after <= before + len(created), (
+        f"{after - before} lead(s) stored, {len(created)} answered, "
+        f"{deleted} deleted{why()}"
     )
     for lead_id in filter(None, created):
         assert target.stored(lead_id), f"answered lead {lead_id} is not stored{why()}"
@@ -677,7 +708,18 @@ def graphql_case(
         assert grant.write, why()
         # The selection set is generated: the id is there only when selected.
         created = [data["createLead"].get("id") or ""]
-    check_storage(target, before, created, why)
+    deleted = 0
+    if isinstance(data, dict) and isinstance(data.get("deleteLead"), dict):
+        deleted = 1
+        if data["deleteLead"].get("id"):
+            assert not target.stored(data["deleteLead"]["id"]), why()
+    if isinstance(data, dict) and isinstance(data.get("eraseContact"), int):
+        deleted = data["eraseContact"]
+        assert deleted >= 0, why()
+    assert grant.delete or not deleted, why()
+    check_storage(target, before, created, why, deleted)
+    if deleted:
+        target.reseed()
 
 
 ACCEPTS = st.one_of(

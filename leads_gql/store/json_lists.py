@@ -31,6 +31,8 @@ _POSTGRES_INSTANT = (
     " || CASE WHEN date_trunc('second', created_date) = created_date THEN ''"
     " ELSE to_char(created_date AT TIME ZONE 'UTC', '.US') END || 'Z' END"
 )
+
+
 def instant_sql(dialect: str) -> str:
     """`createdDate` as the API prints it, computed by the database."""
     return _SQLITE_INSTANT if dialect == "sqlite" else _POSTGRES_INSTANT

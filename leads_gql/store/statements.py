@@ -19,7 +19,11 @@ from leads_gql.models import Lead
 LEAD: Table = Lead.metadata.tables["lead"]
 # In the order of `models.StoredLead`'s fields.
 COLUMNS = ("id", "name", "email", "phone", "chatflowid", "chat_id", "created_date")
-assert set(COLUMNS) == set(LEAD.c.keys()), "the statements must name every column"
+# What an insert writes: the lead, then its phone's digits (which erasure matches).
+STORED_COLUMNS = (*COLUMNS, "phone_digits")
+assert set(STORED_COLUMNS) == set(LEAD.c.keys()), (
+    "the statements must name every column"
+)
 _LIST = ", ".join(COLUMNS)
 
 
@@ -36,10 +40,10 @@ def _both(template: Callable[[list[str]], str], count: int) -> dict[str, str]:
 # on SQLite (3.35+) in the same call; asyncpg reports `INSERT 0 1` or `INSERT 0 0`.
 INSERT = _both(
     lambda p: (
-        f"INSERT INTO lead ({_LIST}) VALUES ({', '.join(p)}) "
+        f"INSERT INTO lead ({', '.join(STORED_COLUMNS)}) VALUES ({', '.join(p)}) "
         "ON CONFLICT (id) DO NOTHING"
     ),
-    len(COLUMNS),
+    len(STORED_COLUMNS),
 )
 INSERT["sqlite"] += " RETURNING 1"
 # Served by the (chatflowid, created_date, id) index.
@@ -130,3 +134,54 @@ def page_count(dialect: str, conditions: tuple[str, ...]) -> str:
     """How many leads match `conditions` (`totalCount`)."""
     where, _ = _where(dialect, conditions)
     return f"SELECT count(*) FROM lead WHERE {where}"
+
+
+# Deleting leads (deleteLead, eraseContact, retention). Each DELETE returns what it
+# deleted, so that every deleted lead is logged (by id and flow) and counted.
+# deleteLead: the flow was checked against the token with the lead read first; a
+# lead deleted and made again in another flow in between is not touched.
+DELETE_LEAD = _both(
+    lambda p: (
+        f"DELETE FROM lead WHERE id = {p[0]} AND chatflowid = {p[1]} RETURNING {_LIST}"
+    ),
+    2,
+)
+# eraseContact: leads whose email equals the first value in any letter case, or
+# whose phone has the digits of the second (either may be NULL, matching nothing),
+# found by ix_lead_email_lower and ix_lead_phone_digits. `lower` folds ASCII on
+# SQLite and follows the database's locale on PostgreSQL; both sides of the
+# comparison are folded by the same function as the index.
+_CONTACT = {
+    "sqlite": "(lower(email) = lower(?1) OR phone_digits = ?2)",
+    "postgresql": "(lower(email) = lower($1::text) OR phone_digits = $2::text)",
+}
+ERASE = {
+    name: f"DELETE FROM lead WHERE {match} RETURNING id, chatflowid"
+    for name, match in _CONTACT.items()
+}
+# ... within a token's chat flows: a JSON array (SQLite), a text[] (asyncpg).
+ERASE_IN_FLOWS = {
+    "sqlite": f"DELETE FROM lead WHERE {_CONTACT['sqlite']} AND chatflowid IN "
+    "(SELECT value FROM json_each(?3)) RETURNING id, chatflowid",
+    "postgresql": f"DELETE FROM lead WHERE {_CONTACT['postgresql']} AND "
+    "chatflowid = ANY($3::text[]) RETURNING id, chatflowid",
+}
+# Retention: the oldest leads created before an instant, a batch at a time (its
+# size the second value), found by ix_lead_created_date. Each batch is a short
+# transaction of its own; on PostgreSQL rows that another deletion holds are
+# left for the next batch rather than waited for.
+EXPIRED_BATCH = {
+    "sqlite": "DELETE FROM lead WHERE id IN (SELECT id FROM lead "
+    "WHERE created_date < ?1 ORDER BY created_date LIMIT ?2) RETURNING id, chatflowid",
+    "postgresql": "DELETE FROM lead WHERE id IN (SELECT id FROM lead "
+    "WHERE created_date < $1 ORDER BY created_date LIMIT $2 FOR UPDATE SKIP LOCKED) "
+    "RETURNING id, chatflowid",
+}
+COUNT_EXPIRED = _both(
+    lambda p: f"SELECT count(*) FROM lead WHERE created_date < {p[0]}", 1
+)
+# One retention sweep at a time across the instances over one PostgreSQL: a
+# session lock, held for a sweep on the connection that runs its batches.
+RETENTION_LOCK_KEY = 0x1EAD6
+TRY_RETENTION_LOCK = "SELECT pg_try_advisory_lock($1)"
+RETENTION_UNLOCK = "SELECT pg_advisory_unlock($1)"

@@ -244,6 +244,38 @@ class Mutation:
             )
         return Lead.from_row(row)
 
+    @strawberry.mutation(
+        description="Delete a lead and return it; null when unknown or not yours. "
+        "Needs leads:delete."
+    )
+    async def delete_lead(
+        self, info: Info[Context, None], id: strawberry.ID
+    ) -> Lead | None:
+        async with driver_scope(info.context.engine) as driver:
+            row = await resolvers.delete_lead(
+                driver=driver, principal=info.context.principal, id=id
+            )
+        return None if row is None else Lead.from_row(row)
+
+    @strawberry.mutation(
+        description="Delete every lead, within the token's chat flows, whose email "
+        "equals `email` (in any letter case) or whose phone has the digits of "
+        "`phone`; returns how many. Needs leads:delete."
+    )
+    async def erase_contact(
+        self,
+        info: Info[Context, None],
+        # UNSET defaults keep the SDL as SPEC writes it (`email: String`).
+        email: str | None = strawberry.UNSET,
+        phone: str | None = strawberry.UNSET,
+    ) -> int:
+        async with driver_scope(info.context.engine) as driver:
+            return await resolvers.erase_contact(
+                driver=driver,
+                principal=info.context.principal,
+                **_given(email=email, phone=phone),
+            )
+
 
 INTERNAL = "Internal server error"
 _NAMED_FIELD = re.compile(r"Field '(\w+)'|Variable '\$(\w+)'")

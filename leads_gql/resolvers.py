@@ -192,12 +192,17 @@ async def create_lead(
     request = LeadCreate.parse(data)
     principal.require_chatflow(request.chatflowid)
     new = request.to_lead(now=datetime.now(UTC))
-    async with db.writing(driver.engine):
-        inserted = await _insert(driver, new)
-    if inserted:
-        LEADS_CREATED.inc()
-        return new
-    (stored,) = await _leads(driver, statements.BY_ID, new.id)
+    while True:
+        async with db.writing(driver.engine):
+            inserted = await _insert(driver, new)
+        if inserted:
+            LEADS_CREATED.inc()
+            return new
+        found = await _leads(driver, statements.BY_ID, new.id)
+        if found:
+            break
+        # Deleted between the two statements: store it anew.
+    (stored,) = found
     if not request.matches(stored):
         raise Conflict()
     if READ not in principal.scopes:

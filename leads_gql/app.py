@@ -13,7 +13,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
-from starlette.routing import Route
+from starlette.routing import Route, WebSocketRoute
 
 from leads_gql import __version__
 from leads_gql.auth import TokenVerifier
@@ -23,6 +23,7 @@ from leads_gql.limits import WriteLimits
 from leads_gql.paging import Cursors
 from leads_gql.retention import Retention
 from leads_gql.store import db
+from leads_gql.store.notifications import Feed, Listener
 from leads_gql.telemetry import metrics
 from leads_gql.web import rest
 from leads_gql.web.cors import CORS
@@ -32,6 +33,7 @@ from leads_gql.web.openapi import document
 from leads_gql.web.pages import DOCS_CSP, render_docs
 from leads_gql.web.rest import JSONResponse
 from leads_gql.web.schema import make_schema
+from leads_gql.web.subscriptions import Limits as LiveLimits, LiveEndpoint
 
 logger = logging.getLogger("leads_gql")
 
@@ -90,6 +92,15 @@ def create_app(settings: Settings | None = None) -> Starlette:
     async def docs(request: Request) -> Response:
         return HTMLResponse(docs_page, headers={"Content-Security-Policy": DOCS_CSP})
 
+    live = LiveEndpoint(
+        graphql.schema,
+        LiveLimits(
+            subscriptions=settings.ws_max_subscriptions,
+            per_subject=settings.ws_max_per_subject,
+            per_address=settings.ws_max_per_address,
+        ),
+    )
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         engine = db.make_engine(settings)
@@ -111,9 +122,14 @@ def create_app(settings: Settings | None = None) -> Starlette:
                 )
                 retention.start()
             app.state.retention = retention
+            # New leads for this process's subscribers (LISTEN on PostgreSQL).
+            app.state.feed = Feed(limit=settings.ws_max_behind)
+            listener = Listener(engine, app.state.feed)
+            await listener.start()
             try:
                 yield
             finally:
+                await listener.stop()
                 if retention is not None:
                     await retention.stop()
         finally:
@@ -144,6 +160,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             # Every method reaches the endpoint, which runs GET and POST and
             # answers 405 to the rest (HEAD included: it must not run a body).
             Route("/graphql", graphql),
+            WebSocketRoute("/graphql", live),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
             Route("/openapi.json", openapi_json, methods=["GET"]),

@@ -37,6 +37,9 @@ class Principal:
     address: str = ""
     # A visitor of a public chat widget: no token, write-only, always rate-limited.
     public: bool = False
+    # When the token stops being valid (seconds since the epoch): a WebSocket
+    # opened with it is closed then.
+    expires: float = float("inf")
 
     def require(self, scope: str) -> None:
         if scope not in self.scopes:
@@ -124,7 +127,8 @@ class TokenVerifier:
             raise Unauthenticated("The token is invalid") from None
         # Valid while now < int(exp), exactly as PyJWT decides on the next check
         # (it drops the fraction), so cached and fresh answers agree.
-        return _principal(claims), float(int(claims["exp"]))
+        expires = float(int(claims["exp"]))
+        return dataclasses.replace(_principal(claims), expires=expires), expires
 
 
 def _principal(claims: dict[str, Any]) -> Principal:

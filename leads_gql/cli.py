@@ -54,7 +54,11 @@ def serve(args: argparse.Namespace) -> int:
 
     from leads_gql.store import db
     from leads_gql.telemetry import log_config
-    from leads_gql.web.connections import PROTOCOL, raise_open_file_limit
+    from leads_gql.web.connections import (
+        PROTOCOL,
+        WS_PROTOCOL,
+        raise_open_file_limit,
+    )
 
     settings = _settings_with_secret(announce=True)
     try:
@@ -95,6 +99,9 @@ def serve(args: argparse.Namespace) -> int:
         # named by import path so that worker processes can import it. Its
         # keep-alive timeout is LEADS_KEEPALIVE_TIMEOUT.
         http=PROTOCOL,
+        # WebSockets (live updates): messages of at most 64 KiB, like bodies.
+        ws=WS_PROTOCOL,
+        ws_max_size=64 * 1024,
         # X-Forwarded-For is believed from the listed proxies only; from nobody
         # unless LEADS_FORWARDED_ALLOW_IPS lists some.
         proxy_headers=bool(settings.forwarded_allow_ips),

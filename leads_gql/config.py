@@ -204,6 +204,13 @@ class Settings:
     # Reverse proxies (networks) whose X-Forwarded-For is believed and whose
     # connections are exempt from the per-address cap; none by default.
     forwarded_allow_ips: tuple[str, ...] = ()
+    # Live updates (WebSocket), per server process: subscriptions per socket,
+    # sockets per token subject and per client address, and how many new leads
+    # a subscriber may fall behind before it is dropped (its socket closed).
+    ws_max_subscriptions: int = 100
+    ws_max_per_subject: int = 200
+    ws_max_per_address: int = 500
+    ws_max_behind: int = 1000
     # Retention: leads older than this many days are deleted in the background,
     # sweeping every `retention_interval` seconds; None keeps them forever.
     retention_days: int | None = None
@@ -263,6 +270,10 @@ class Settings:
         for key, name in (
             ("max_connections", "MAX_CONNECTIONS"),
             ("max_connections_per_address", "MAX_CONNECTIONS_PER_ADDRESS"),
+            ("ws_max_subscriptions", "WS_MAX_SUBSCRIPTIONS"),
+            ("ws_max_per_subject", "WS_MAX_PER_SUBJECT"),
+            ("ws_max_per_address", "WS_MAX_PER_ADDRESS"),
+            ("ws_max_behind", "WS_MAX_BEHIND"),
         ):
             if (raw := get(name)) is not None:
                 fields[key] = _int(PREFIX + name, raw, minimum=1)

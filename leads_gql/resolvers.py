@@ -32,7 +32,7 @@ from leads_gql.models import (
     phone_digits,
 )
 from leads_gql.paging import Cursors, Filters, Order, PageRequest, Position
-from leads_gql.store import db, exports, statements
+from leads_gql.store import db, exports, notifications, statements
 from leads_gql.store.json_lists import REST_KEYS, Keys, list_sql
 from leads_gql.telemetry import LEADS_CREATED, lead_deleted
 
@@ -144,6 +144,22 @@ async def _started(pieces: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
     return chained()
 
 
+def subscribe_leads(
+    *,
+    principal: Principal,
+    feed: notifications.Feed,
+    chatflowid: object,
+    on_end: Callable[[notifications.Gone], None] | None = None,
+) -> notifications.Subscription:
+    """The leads stored in a flow from now on, as they are stored (`leadCreated`);
+    `on_end` learns why the server ended it (the feed was lost, the subscriber
+    fell behind, the server is going away)."""
+    principal.require(READ)
+    flow = _argument("chatflowid", chatflowid)
+    principal.require_chatflow(flow)
+    return feed.subscribe(flow, on_end)
+
+
 async def lead(
     *, driver: db.Driver, principal: Principal, id: object
 ) -> StoredLead | None:
@@ -165,9 +181,13 @@ async def _insert(driver: db.Driver, new: StoredLead) -> bool:
     )  # fmt: skip
     if driver.sqlite:
         sql = statements.INSERT["sqlite"]
-        return bool(await driver.connection.execute_fetchall(sql, values))
+        if not await driver.connection.execute_fetchall(sql, values):
+            return False
+        notifications.announce(driver.engine, new)
+        return True
+    # The statement also announces the lead (NOTIFY) to every instance.
     status = await driver.connection.execute(statements.INSERT["postgresql"], *values)
-    return str(status) == "INSERT 0 1"
+    return str(status) == "SELECT 1"
 
 
 async def create_lead(

@@ -14,7 +14,13 @@ import time
 from typing import Any
 
 import orjson
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -37,6 +43,13 @@ GRAPHQL_OPERATIONS = Counter(
     ["operation", "outcome"],
 )
 LEADS_CREATED = Counter("leads_created_total", "Leads stored (retries not counted)")
+LIVE_SOCKETS = Gauge("leads_live_sockets", "Open GraphQL WebSockets")
+LIVE_SUBSCRIPTIONS = Gauge(
+    "leads_live_subscriptions", "Active leadCreated subscriptions"
+)
+LIVE_EVENTS = Counter(
+    "leads_live_events_total", "New leads delivered to leadCreated subscribers"
+)
 DELETION_CAUSES = ("deleteLead", "eraseContact", "retention")
 LEADS_DELETED = Counter(
     "leads_deleted_total",

@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from leads_gql.store import statements
 from leads_gql.store.db import driver_scope
-from leads_gql.store.json_lists import instant_sql
+from leads_gql.store.json_lists import instant_sql, lead_json_sql
 
 BATCH = 1000
 CSV_HEADER = b"id,name,email,phone,chatflowid,chatId,createdDate\r\n"
@@ -66,23 +66,9 @@ def _csv_cell(column: str) -> str:
     )
 
 
-def _json_line(dialect: str) -> str:
-    """One lead as a compact JSON object of the seven keys, in SPEC's order."""
-    instant = instant_sql(dialect)
-    if dialect == "sqlite":
-        pairs = ", ".join(f"'{key}', {column}" for key, column, _ in _COLUMNS)
-        return f"json_object({pairs}, 'createdDate', {instant})"
-    # row_to_json prints compact objects in column order, as SQLite does.
-    columns = ", ".join(f'{column} AS "{key}"' for key, column, _ in _COLUMNS)
-    return (
-        f"row_to_json((SELECT r FROM (SELECT {columns}, "
-        f'{instant} AS "createdDate") r))::text'
-    )
-
-
 def _line(dialect: str, fmt: str) -> str:
     if fmt != "csv":
-        return _json_line(dialect)
+        return lead_json_sql(dialect)
     cells = [_csv_cell(c) if text else c for _, c, text in _COLUMNS]
     crlf = f"{_chr(dialect, 13)} || {_chr(dialect, 10)}"
     return " || ',' || ".join([*cells, instant_sql(dialect)]) + f" || {crlf}"
@@ -106,7 +92,7 @@ def postgres_sql(fmt: str) -> str:
         columns = [_guarded("postgresql", c) if text else c for _, c, text in _COLUMNS]
         select = ", ".join([*columns, instant_sql("postgresql")])
     else:
-        select = _json_line("postgresql")
+        select = lead_json_sql("postgresql")
     return f"SELECT {select} FROM lead WHERE chatflowid = $1 ORDER BY created_date, id"
 
 
@@ -120,7 +106,7 @@ def inline_sql(dialect: str) -> str:
     flow = "?" if dialect == "sqlite" else "$1"
     return (
         f"SELECT '[' || coalesce({join}(line, ','{order}), '') || ']', count(*) "
-        f"FROM (SELECT {_json_line(dialect)} AS line, created_date, id FROM lead "
+        f"FROM (SELECT {lead_json_sql(dialect)} AS line, created_date, id FROM lead "
         f"WHERE chatflowid = {flow} ORDER BY created_date, id LIMIT {BATCH + 1}) s"
     )
 

@@ -72,3 +72,29 @@ def list_sql(dialect: str, keys: Keys) -> str:
         f"SELECT coalesce(json_agg(json_build_object({fields}) "
         "ORDER BY created_date, id)::text, '[]') FROM lead WHERE chatflowid = $1"
     )
+
+
+# A lead's seven keys (REST's), with their columns.
+_LEAD_COLUMNS = (
+    ("id", "id"),
+    ("name", "name"),
+    ("email", "email"),
+    ("phone", "phone"),
+    ("chatflowid", "chatflowid"),
+    ("chatId", "chat_id"),
+)
+
+
+def lead_json_sql(dialect: str) -> str:
+    """One lead as a compact JSON object of the seven keys, in SPEC's order (the
+    bytes `GET /leads/{id}` lists), from the columns in scope."""
+    instant = instant_sql(dialect)
+    if dialect == "sqlite":
+        pairs = ", ".join(f"'{key}', {column}" for key, column in _LEAD_COLUMNS)
+        return f"json_object({pairs}, 'createdDate', {instant})"
+    # row_to_json prints compact objects in column order, as SQLite does.
+    columns = ", ".join(f'{column} AS "{key}"' for key, column in _LEAD_COLUMNS)
+    return (
+        f"row_to_json((SELECT r FROM (SELECT {columns}, "
+        f'{instant} AS "createdDate") r))::text'
+    )

@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import Dialect, Table
 
 from leads_gql.models import Lead
+from leads_gql.store.json_lists import lead_json_sql
 
 LEAD: Table = Lead.metadata.tables["lead"]
 # In the order of `models.StoredLead`'s fields.
@@ -46,6 +47,14 @@ INSERT = _both(
     len(STORED_COLUMNS),
 )
 INSERT["sqlite"] += " RETURNING 1"
+NOTIFY_CHANNEL = "leads_created"
+# PostgreSQL announces a stored lead to every instance's LISTEN in the insert's
+# own statement (so its own transaction): `SELECT 1` when stored, `SELECT 0`.
+INSERT["postgresql"] = (
+    f"WITH stored AS ({INSERT['postgresql']} RETURNING {_LIST}) "
+    f"SELECT pg_notify('{NOTIFY_CHANNEL}', {lead_json_sql('postgresql')}) "
+    "FROM stored"
+)
 # Served by the (chatflowid, created_date, id) index.
 BY_CHATFLOW = _both(
     lambda p: (

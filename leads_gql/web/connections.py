@@ -17,11 +17,13 @@ environment once per process.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import functools
 import http
 import ipaddress
 import logging
+import socket
 import sys
 import weakref
 from collections import Counter
@@ -32,12 +34,16 @@ import httptools
 import orjson
 from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.websockets.websockets_sansio_impl import (
+    WebSocketsSansIOProtocol,
+)
 from uvicorn.server import ServerState
 
 from leads_gql.config import Settings
 from leads_gql.limits import client_key
 
 PROTOCOL = "leads_gql.web.connections:BoundedHttpProtocol"
+WS_PROTOCOL = "leads_gql.web.connections:GoingAwayWebSocketProtocol"
 # A request head: the request line and the header fields, as written on the wire.
 MAX_HEAD_BYTES = 16 * 1024
 MAX_HEADER_FIELDS = 100
@@ -438,3 +444,31 @@ class BoundedHttpProtocol(HttpToolsProtocol):
                 response(status, message, self.server_state.default_headers, extra)
             )
         self.transport.close()
+
+
+class GoingAwayWebSocketProtocol(WebSocketsSansIOProtocol):
+    """uvicorn's WebSocket protocol, but a server that stops says 1001 (going
+    away), as clients of live updates expect, where uvicorn says 1012; and each
+    socket's kernel send buffer is kept small (a subscriber gets small messages
+    and may hold its socket for hours: one that stops reading is found, and
+    dropped, after that much, not after megabytes)."""
+
+    SEND_BUFFER = 64 * 1024
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.SEND_BUFFER)
+        super().connection_made(transport)
+
+    def shutdown(self) -> None:
+        if self.handshake_complete and not self.close_sent:
+            self.stop_keepalive()
+            self.queue.put_nowait({"type": "websocket.disconnect", "code": 1001})
+            self.conn.send_close(1001, "The server is going away")
+            self.transport.write(b"".join(self.conn.data_to_send()))
+            self.close_sent = True
+            self.transport.close()
+            return
+        super().shutdown()

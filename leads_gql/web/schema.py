@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator
 from datetime import datetime
 from typing import Any
 
@@ -19,15 +20,17 @@ from strawberry.extensions import (
     ValidationCache,
 )
 from strawberry.schema.config import StrawberryConfig
+from strawberry.schema.exceptions import InvalidOperationTypeError
 from strawberry.types import ExecutionContext, ExecutionResult, Info
 
 from leads_gql import resolvers
 from leads_gql.auth import Principal
 from leads_gql.errors import InvalidInput, LeadsError, RateLimited
 from leads_gql.limits import WriteLimits
-from leads_gql.models import LeadRow, format_datetime
+from leads_gql.models import LeadRow, StoredLead, format_datetime
 from leads_gql.paging import Cursors, Order
 from leads_gql.store.db import driver_scope
+from leads_gql.store.notifications import Feed, Gone
 from leads_gql.telemetry import GRAPHQL_OPERATIONS, operation_label
 from leads_gql.web.graphql_limits import document_limits
 
@@ -40,6 +43,11 @@ class Context:
     engine: AsyncEngine
     limits: WriteLimits | None = None
     cursors: Cursors | None = None
+    # Over WebSocket: the connection_init payload, this process's feed of new
+    # leads, and how to close the socket (code, reason).
+    connection_params: dict[str, Any] | None = None
+    feed: Feed | None = None
+    close: Callable[[int, str], None] | None = None
 
 
 def _parse_literal(node: ValueNode, variables: dict[str, Any] | None = None) -> Any:
@@ -277,6 +285,43 @@ class Mutation:
             )
 
 
+@strawberry.type
+class Subscription:
+    @strawberry.subscription(
+        description="Every lead stored in the chat flow from now on, once, as it "
+        "is stored (by any instance). Needs leads:read and the flow."
+    )
+    async def lead_created(
+        self, info: Info[Context, None], chatflowid: strawberry.ID
+    ) -> AsyncIterator[Lead]:
+        context = info.context
+        assert context.feed is not None, "subscriptions run over the WebSocket"
+
+        def ended(why: Gone) -> None:
+            if context.close is not None:
+                context.close(why.code, why.reason)
+
+        # Checked here, before the stream starts: a refusal is the protocol's
+        # `error` message, and the socket stays open.
+        subscription = resolvers.subscribe_leads(
+            principal=context.principal,
+            feed=context.feed,
+            chatflowid=chatflowid,
+            on_end=ended,
+        )
+        return _created(subscription)
+
+
+async def _created(subscription: AsyncIterable[StoredLead]) -> AsyncIterator[Lead]:
+    try:
+        async for lead in subscription:
+            yield Lead.from_row(lead)
+    except Gone:
+        # Ended by the server, which is closing the socket with the reason's
+        # code: no `complete` first, which would read as a normal end.
+        await asyncio.Future()
+
+
 INTERNAL = "Internal server error"
 _NAMED_FIELD = re.compile(r"Field '(\w+)'|Variable '\$(\w+)'")
 
@@ -297,6 +342,10 @@ def coded_error(error: GraphQLError) -> GraphQLError:
             extensions["errors"] = original.errors
         elif isinstance(original, RateLimited):
             extensions["retryAfter"] = original.retry_after
+    elif isinstance(original, InvalidOperationTypeError):
+        message = "Only subscriptions run over the WebSocket; queries and "
+        message += "mutations go over HTTP"
+        extensions = {"code": "BAD_REQUEST"}
     elif error.extensions and "code" in error.extensions:
         return error
     elif isinstance(error, GraphQLSyntaxError) or isinstance(
@@ -328,7 +377,9 @@ def coded_error(error: GraphQLError) -> GraphQLError:
 
 def _unexpected(error: GraphQLError) -> BaseException | None:
     original = error.original_error
-    if original is None or isinstance(original, LeadsError | GraphQLError):
+    if original is None or isinstance(
+        original, LeadsError | GraphQLError | InvalidOperationTypeError
+    ):
         return None
     return original
 
@@ -393,6 +444,7 @@ def make_schema(*, introspection: bool = True) -> strawberry.Schema:
     return LeadsSchema(
         query=Query,
         mutation=Mutation,
+        subscription=Subscription,
         extensions=extensions,
         config=StrawberryConfig(scalar_map={datetime: DateTime}),
     )

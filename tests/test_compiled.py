@@ -14,7 +14,13 @@ from starlette.applications import Starlette
 from leads_gql.app import create_app
 from leads_gql.config import Settings
 from leads_gql.limits import Rate
-from leads_gql.web.compiled import CreatePlan, ListPlan, compile_plan
+from leads_gql.web.compiled import (
+    CreatePlan,
+    ListPlan,
+    PagePlan,
+    Plans,
+    compile_plan,
+)
 from tests.conftest import new_id
 
 pytestmark = pytest.mark.anyio
@@ -244,3 +250,83 @@ async def test_the_most_selections_answer_the_same_every_time(
     assert len(leads) == 2 and len(leads[0]) == aliases + 8
     plan = app.state.graphql.plans.get(query, None)
     assert isinstance(plan, ListPlan) == (aliases + 8 <= 50)
+
+
+PAGES = [
+    "query($f: ID!, $first: Int, $after: String, $last: Int, $before: String, "
+    "$s: String, $since: DateTime, $until: DateTime, $o: LeadOrder) { "
+    "leads(chatflowid: $f, first: $first, after: $after, last: $last, "
+    "before: $before, search: $s, createdAfter: $since, createdBefore: $until, "
+    "orderBy: $o) { totalCount edges { cursor node { id name email phone "
+    "chatflowid chatId createdDate } } pageInfo { hasNextPage hasPreviousPage "
+    "startCursor endCursor } } }",
+    "query Aliased($f: ID!) { p: leads(chatflowid: $f, first: 3, "
+    "orderBy: NEWEST_FIRST) { __typename t: totalCount e: edges { __typename "
+    "c: cursor n: node { __typename i: id name when: createdDate } } "
+    "pi: pageInfo { __typename endCursor hasNextPage } } }",
+    '{ leads(chatflowid: "FLOW", first: 2, search: "LEAD 1") '
+    "{ edges { node { id name } } pageInfo { hasNextPage } } }",
+    "query($f: ID!) { leads(chatflowid: $f, last: 2, createdAfter: "
+    '"2024-08-24T14:15:22Z") { edges { cursor } totalCount } }',
+]
+
+
+async def test_pages_answer_the_same_compiled_or_not(
+    app: Starlette,
+    client: httpx.AsyncClient,
+    auth: dict[str, str],
+    make_token: Callable[..., str],
+) -> None:
+    """The second answer of a `leads` document comes from its plan: for every
+    document and variables, errors and coercions included, it is the first's."""
+    flow = new_id()
+    for i in range(7):
+        body = {
+            "chatflowid": flow,
+            "name": f"Lead {i}",
+            "email": f"lead{i}@example.com" if i % 2 else None,
+            "createdDate": f"2024-08-24T14:15:2{i}Z",
+        }
+        assert (await client.post("/leads", json=body, headers=auth)).status_code == 200
+    first_page = await client.post(
+        "/graphql",
+        json={"query": PAGES[0], "variables": {"f": flow, "first": 3}},
+        headers=auth,
+    )
+    cursor = first_page.json()["data"]["leads"]["pageInfo"]["endCursor"]
+    variables: list[dict[str, Any]] = [
+        {"f": flow},
+        {"f": flow, "first": 3, "after": cursor},
+        {"f": flow.upper(), "last": 2, "before": cursor, "o": "NEWEST_FIRST"},
+        {"f": flow, "s": "lead", "since": "2024-08-24T14:15:21Z", "o": None},
+        {"f": flow, "first": 0},
+        # Refused or coerced by GraphQL: the ordinary path answers.
+        {"f": flow, "after": "forged"},
+        {"f": flow, "first": 501},
+        {"f": "not-a-uuid"},
+        {"f": flow, "first": "3"},
+        {"f": flow, "first": 2.0},
+        {"f": flow, "first": True},
+        {"f": flow, "o": "SIDEWAYS"},
+        {"f": flow, "first": 1, "last": 1},
+    ]
+    readonly = {"Authorization": f"Bearer {make_token(chatflows=[new_id()])}"}
+    cases: list[tuple[str, dict[str, Any], dict[str, str]]] = [
+        (PAGES[0], v, auth) for v in variables
+    ]
+    cases += [(PAGES[0], {"f": flow}, readonly)]
+    cases += [(doc.replace("FLOW", flow), {"f": flow}, auth) for doc in PAGES[1:]]
+    for query, values, headers in cases:
+        payload = {"query": query, "variables": values}
+        app.state.graphql.plans = Plans()  # the first answer is Strawberry's
+        answers = [
+            (await client.post("/graphql", json=payload, headers=headers)).json()
+            for _ in range(2)
+        ]
+        if "errors" in answers[0]:  # learnt only from a document that executed
+            app.state.graphql.plans.learn(query)
+            answers.append(
+                (await client.post("/graphql", json=payload, headers=headers)).json()
+            )
+        assert isinstance(app.state.graphql.plans.get(query, None), PagePlan), query
+        assert all(answer == answers[0] for answer in answers), (query, values)

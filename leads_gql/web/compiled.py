@@ -1,34 +1,41 @@
 """GraphQL documents answered without per-field resolution.
 
-A dashboard's usual query, `leadsByChatflow(chatflowid: ...) { <lead fields> }`,
-and a chat widget's usual mutation, `createLead(input: $input) { <lead fields> }`,
-need no Strawberry machinery once Strawberry has validated the document (the first
-time it is seen, with every limit): later requests with it go straight to
-`resolvers.leads_json` (the database renders the list) or `resolvers.create_lead`,
-with the same checks. Anything else (fragments, directives, other fields, inputs
-that need coercion) takes the ordinary path.
+A dashboard's usual queries, `leadsByChatflow(chatflowid: ...) { <lead fields> }`
+and a `leads` page of plain selections, and a chat widget's usual mutation,
+`createLead(input: $input) { <lead fields> }`, need no Strawberry machinery once
+Strawberry has validated the document (the first time it is seen, with every
+limit): later requests with it go straight to `resolvers.leads_json` (the
+database renders the list), `resolvers.leads_page` or `resolvers.create_lead`,
+with the same checks. An error, a value GraphQL would coerce, and anything else
+(fragments, directives, other fields) take the ordinary path, which answers it.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections import OrderedDict
+from collections.abc import Sequence
 from typing import Any
 
 from graphql import (
+    EnumValueNode,
     FieldNode,
     GraphQLSyntaxError,
+    IntValueNode,
     NamedTypeNode,
     NonNullTypeNode,
+    NullValueNode,
     OperationDefinitionNode,
     OperationType,
     SelectionSetNode,
     StringValueNode,
+    VariableDefinitionNode,
     VariableNode,
     parse,
 )
 
 from leads_gql.models import INPUT_FIELDS, LeadRow, lead_to_dict
+from leads_gql.paging import Order
 from leads_gql.store.json_lists import ALL_FIELDS, Keys
 
 _SELECTABLE = frozenset(ALL_FIELDS) | {"__typename"}
@@ -83,11 +90,107 @@ class CreatePlan:
         return {key: fields[field] for key, field in self.keys}
 
 
-Plan = ListPlan | CreatePlan
+# `leads` arguments: the resolver's keyword, and the JSON type a variable must
+# have to pass GraphQL's coercion unchanged (else the ordinary path decides).
+_PAGE_ARGUMENTS: dict[str, tuple[str, type]] = {
+    "chatflowid": ("chatflowid", str),
+    "first": ("first", int),
+    "after": ("after", str),
+    "last": ("last", int),
+    "before": ("before", str),
+    "search": ("search", str),
+    "createdAfter": ("created_after", str),
+    "createdBefore": ("created_before", str),
+    "orderBy": ("order", str),
+}
+_ORDERS = frozenset(order.value for order in Order)
+_PAGE_INFO = frozenset(
+    {"hasNextPage", "hasPreviousPage", "startCursor", "endCursor", "__typename"}
+)
+_TYPENAMES = {"connection": "LeadConnection", "edge": "LeadEdge", "info": "PageInfo"}
+# (response key, field, the selection under it) of an object in the answer.
+Selection = tuple[tuple[str, str, Any], ...]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PagePlan:
+    """A `leads` page of plain selections: edges (cursor, node's lead fields),
+    pageInfo, totalCount, __typename; arguments as literals or variables."""
+
+    operation_name: str | None
+    response_key: str
+    # argument -> ("literal", value) or ("variable", name)
+    arguments: tuple[tuple[str, tuple[str, Any]], ...]
+    selection: Selection
+    counts: bool
+
+    def resolver_arguments(
+        self, variables: dict[str, Any] | None
+    ) -> dict[str, Any] | None:
+        """The resolver's keywords, or None when coercion could change a value."""
+        given: dict[str, Any] = {}
+        for name, (kind, value) in self.arguments:
+            if kind == "variable":
+                if value not in (variables or {}):
+                    continue  # not provided: the argument's default
+                value = (variables or {})[value]
+            keyword, kind_of = _PAGE_ARGUMENTS[name]
+            if value is not None and (
+                type(value) is not kind_of
+                or (name == "orderBy" and value not in _ORDERS)
+            ):
+                return None
+            given[keyword] = value
+        if "chatflowid" not in given:
+            return None
+        given["order"] = Order(given.get("order") or Order.OLDEST_FIRST.value)
+        return given
+
+    def render(
+        self, leads: Sequence[LeadRow], cursors: Sequence[str], **info: Any
+    ) -> Any:
+        """The connection as Strawberry would print it."""
+        nodes = [{**lead_to_dict(lead), "__typename": "Lead"} for lead in leads]
+        values = {
+            "totalCount": info["total"],
+            "__typename": _TYPENAMES["connection"],
+            "pageInfo": {
+                "hasNextPage": info["has_next"],
+                "hasPreviousPage": info["has_previous"],
+                "startCursor": cursors[0] if cursors else None,
+                "endCursor": cursors[-1] if cursors else None,
+                "__typename": _TYPENAMES["info"],
+            },
+        }
+        answer: dict[str, Any] = {}
+        for key, field, under in self.selection:
+            if field == "edges":
+                answer[key] = [
+                    _edge(under, node, cursor)
+                    for node, cursor in zip(nodes, cursors, strict=True)
+                ]
+            elif field == "pageInfo":
+                answer[key] = {k: values["pageInfo"][f] for k, f, _ in under}
+            else:
+                answer[key] = values[field]
+        return answer
+
+
+def _edge(selection: Selection, node: dict[str, Any], cursor: str) -> dict[str, Any]:
+    edge: dict[str, Any] = {}
+    for key, field, under in selection:
+        if field == "node":
+            edge[key] = {k: node[f] for k, f in under}
+        else:
+            edge[key] = cursor if field == "cursor" else _TYPENAMES["edge"]
+    return edge
+
+
+Plan = ListPlan | CreatePlan | PagePlan
 
 
 def compile_plan(query: str) -> Plan | None:
-    """A plan for a document of one of the two shapes above, else None."""
+    """A plan for a document of one of the shapes above, else None."""
     try:
         document = parse(query)
     except GraphQLSyntaxError:
@@ -102,18 +205,19 @@ def compile_plan(query: str) -> Plan | None:
     ):
         return None
     root = operation.selection_set.selections[0]
-    if (
-        not isinstance(root, FieldNode)
-        or root.directives
-        or root.selection_set is None
-        or len(root.arguments or ()) != 1
-        or (keys := _plain_keys(root.selection_set)) is None
-    ):
+    if not isinstance(root, FieldNode) or root.directives or root.selection_set is None:
         return None
     name = operation.name.value if operation.name else None
     response_key = root.alias.value if root.alias else root.name.value
-    value = (root.arguments or ())[0].value
     variables = operation.variable_definitions or ()
+    if operation.operation is OperationType.QUERY and root.name.value == "leads":
+        return _page_plan(name, response_key, root, variables)
+    if (
+        len(root.arguments or ()) != 1
+        or (keys := _plain_keys(root.selection_set)) is None
+    ):
+        return None
+    value = (root.arguments or ())[0].value
     if operation.operation is OperationType.QUERY:
         if root.name.value != "leadsByChatflow":
             return None
@@ -137,6 +241,83 @@ def compile_plan(query: str) -> Plan | None:
     ):
         return CreatePlan(name, response_key, keys, value.name.value, root)
     return None
+
+
+def _page_plan(
+    name: str | None,
+    response_key: str,
+    root: FieldNode,
+    variables: tuple[VariableDefinitionNode, ...] | Any,
+) -> PagePlan | None:
+    if any(d.default_value is not None or d.directives for d in variables):
+        return None
+    arguments: list[tuple[str, tuple[str, Any]]] = []
+    for argument in root.arguments or ():
+        value = argument.value
+        if argument.name.value not in _PAGE_ARGUMENTS:
+            return None
+        if isinstance(value, VariableNode):
+            arguments.append((argument.name.value, ("variable", value.name.value)))
+        elif isinstance(value, StringValueNode | EnumValueNode):
+            arguments.append((argument.name.value, ("literal", value.value)))
+        elif isinstance(value, IntValueNode):
+            arguments.append((argument.name.value, ("literal", int(value.value))))
+        elif isinstance(value, NullValueNode):
+            arguments.append((argument.name.value, ("literal", None)))
+        else:
+            return None
+    assert root.selection_set is not None
+    selection = _object(root.selection_set, _CONNECTION)
+    if selection is None:
+        return None
+    counts = any(field == "totalCount" for _, field, _ in selection)
+    return PagePlan(name, response_key, tuple(arguments), selection, counts)
+
+
+# What each object of a page may select: leaf fields, or objects and theirs.
+_NODE = "node"
+_CONNECTION: dict[str, Any] = {
+    "edges": {"cursor": None, "node": _NODE, "__typename": None},
+    "pageInfo": dict.fromkeys(_PAGE_INFO),
+    "totalCount": None,
+    "__typename": None,
+}
+
+
+def _object(
+    selection_set: SelectionSetNode, allowed: dict[str, Any]
+) -> Selection | None:
+    """Plain, unrepeated selections of the allowed fields (else None)."""
+    chosen: list[tuple[str, str, Any]] = []
+    keys: set[str] = set()
+    for selection in selection_set.selections:
+        if (
+            not isinstance(selection, FieldNode)
+            or selection.name.value not in allowed
+            or selection.arguments
+            or selection.directives
+        ):
+            return None
+        key = selection.alias.value if selection.alias else selection.name.value
+        if key in keys:
+            return None  # merging repeated keys is the ordinary path's
+        keys.add(key)
+        field, under = selection.name.value, allowed[selection.name.value]
+        if under is None:
+            if selection.selection_set is not None:
+                return None
+            chosen.append((key, field, None))
+            continue
+        if selection.selection_set is None:
+            return None
+        if under == _NODE:
+            nested: Any = _plain_keys(selection.selection_set)
+        else:
+            nested = _object(selection.selection_set, under)
+        if nested is None:
+            return None
+        chosen.append((key, field, nested))
+    return tuple(chosen)
 
 
 def _plain_keys(selection_set: SelectionSetNode) -> Keys | None:

@@ -36,7 +36,7 @@ from leads_gql.errors import (
 from leads_gql.store.db import driver_scope
 from leads_gql.telemetry import GRAPHQL_OPERATIONS, operation_label
 from leads_gql.web.bodies import parse_json, read_json
-from leads_gql.web.compiled import CreatePlan, ListPlan, Plans
+from leads_gql.web.compiled import CreatePlan, ListPlan, PagePlan, Plans
 from leads_gql.web.graphql_limits import MAX_LISTS, list_selections
 from leads_gql.web.pages import GRAPHIQL_HTML
 from leads_gql.web.schema import Context, coded_error
@@ -182,6 +182,18 @@ class GraphQLEndpoint:
             and (data := plan.input(variables)) is not None
         ):
             return await self.create(plan, data, context)
+        elif isinstance(plan, PagePlan) and (
+            arguments := plan.resolver_arguments(variables)
+        ):
+            try:
+                answer = await self.page(plan, arguments, context)
+            except ServiceUnavailable:
+                raise
+            except LeadsError:
+                pass  # the ordinary path answers with the GraphQL error
+            else:
+                _count(plan.operation_name, "ok")
+                return Outcome({"data": {plan.response_key: answer}})
         try:
             result = await self.schema.execute(
                 query,
@@ -212,6 +224,31 @@ class GraphQLEndpoint:
         if executed:
             body["data"] = result.data
         return Outcome(body, refused=not executed, retry_after=retry_after)
+
+    async def page(
+        self, plan: PagePlan, arguments: dict[str, Any], context: Context
+    ) -> Any:
+        """A compiled `leads` page: the connection Strawberry would print."""
+        assert context.cursors is not None
+        async with driver_scope(context.engine) as driver:
+            page = await resolvers.leads_page(
+                driver=driver,
+                principal=context.principal,
+                cursors=context.cursors,
+                **arguments,
+            )
+            total = (
+                await resolvers.count_leads(driver=driver, page=page)
+                if plan.counts
+                else None
+            )
+        return plan.render(
+            page.leads,
+            page.cursors,
+            total=total,
+            has_next=page.has_next,
+            has_previous=page.has_previous,
+        )
 
     async def create(
         self, plan: CreatePlan, data: dict[str, Any], context: Context

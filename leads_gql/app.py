@@ -30,7 +30,7 @@ from leads_gql.web.cors import CORS
 from leads_gql.web.edge import Edge
 from leads_gql.web.graphql_http import GraphQLEndpoint
 from leads_gql.web.openapi import document
-from leads_gql.web.pages import DOCS_CSP, render_docs
+from leads_gql.web.pages import DOCS_CSP, leads_page, render_docs, static_file
 from leads_gql.web.rest import JSONResponse
 from leads_gql.web.schema import make_schema
 from leads_gql.web.subscriptions import Limits as LiveLimits, LiveEndpoint
@@ -166,6 +166,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
             Route("/openapi.json", openapi_json, methods=["GET"]),
             Route("/docs", docs, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),
+            # The pages for people: the leads page and the files pages load.
+            Route("/", leads_page, methods=["GET"]),
+            Route("/static/{path:path}", static_file, methods=["GET"]),
         ],
         middleware=middleware,
         exception_handlers={

@@ -37,8 +37,9 @@ MIN_SQLITE = (3, 35)
 
 
 # Indexes a migration makes only where the database allows (the trigram search
-# index needs the pg_trgm extension): not in the models, not drift.
-OPTIONAL_INDEXES = frozenset({"ix_lead_contact_trgm"})
+# index needs the pg_trgm extension), or differently per database (retention's
+# index by createdDate): not in the models, not drift.
+OPTIONAL_INDEXES = frozenset({"ix_lead_contact_trgm", "ix_lead_created_date"})
 
 
 def include_object(

@@ -182,13 +182,17 @@ ERASE_IN_FLOWS = {
 EXPIRED_BATCH = {
     "sqlite": "DELETE FROM lead WHERE id IN (SELECT id FROM lead "
     "WHERE created_date < ?1 ORDER BY created_date LIMIT ?2) RETURNING id, chatflowid",
+    # By the UTC wall time, as ix_lead_created_date is on PostgreSQL (0003).
     "postgresql": "DELETE FROM lead WHERE id IN (SELECT id FROM lead "
-    "WHERE created_date < $1 ORDER BY created_date LIMIT $2 FOR UPDATE SKIP LOCKED) "
+    "WHERE (created_date AT TIME ZONE 'UTC') < ($1::timestamptz AT TIME ZONE 'UTC') "
+    "ORDER BY (created_date AT TIME ZONE 'UTC') LIMIT $2 FOR UPDATE SKIP LOCKED) "
     "RETURNING id, chatflowid",
 }
-COUNT_EXPIRED = _both(
-    lambda p: f"SELECT count(*) FROM lead WHERE created_date < {p[0]}", 1
-)
+COUNT_EXPIRED = {
+    "sqlite": "SELECT count(*) FROM lead WHERE created_date < ?",
+    "postgresql": "SELECT count(*) FROM lead WHERE (created_date AT TIME ZONE 'UTC') "
+    "< ($1::timestamptz AT TIME ZONE 'UTC')",
+}
 # One retention sweep at a time across the instances over one PostgreSQL: a
 # session lock, held for a sweep on the connection that runs its batches.
 RETENTION_LOCK_KEY = 0x1EAD6

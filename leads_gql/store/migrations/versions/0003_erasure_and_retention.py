@@ -4,7 +4,8 @@
 letter case or whose phone has the same digits: an index on `lower(email)` and a
 stored digits-only form of the phone (`phone_digits`, filled here for the leads
 already stored, written by every insert from now on) with an index of its own.
-Retention deletes the oldest leads first: an index on `created_date`.
+Retention deletes the oldest leads first: an index by `created_date` (on
+PostgreSQL, by its UTC wall time, so that pages never take it).
 
 Revision ID: 0003
 Revises: 0002
@@ -78,7 +79,18 @@ def upgrade() -> None:
         _add_phone_digits_sqlite(bind)
     op.create_index("ix_lead_email_lower", "lead", [sa.text("lower(email)")])
     op.create_index("ix_lead_phone_digits", "lead", ["phone_digits"])
-    op.create_index("ix_lead_created_date", "lead", ["created_date"])
+    if bind.dialect.name == "postgresql":
+        # On the UTC wall time, not the column: an index on the column alone is
+        # one the planner takes to page a large, old flow newest-first (walking
+        # every younger lead of other flows: 382 ms instead of 3 ms). Retention
+        # asks by the same expression.
+        op.create_index(
+            "ix_lead_created_date",
+            "lead",
+            [sa.text("(created_date AT TIME ZONE 'UTC')")],
+        )
+    else:
+        op.create_index("ix_lead_created_date", "lead", ["created_date"])
 
 
 def downgrade() -> None:

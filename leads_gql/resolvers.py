@@ -6,6 +6,7 @@ flows, then touches the database; it raises only `leads_gql.errors`.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -262,6 +263,20 @@ def _narrowed(
     return tuple(conditions), values
 
 
+@contextlib.asynccontextmanager
+async def _planned_per_call(driver: db.Driver, filters: Filters) -> AsyncIterator[None]:
+    """A search on PostgreSQL is planned with its values: a prepared statement's
+    generic plan cannot know how large the flow is or how rare the term, and
+    intersects the flow's whole index with the trigram index (16 ms instead of
+    4 ms on a flow of 100,000 leads). SET LOCAL keeps it to this transaction."""
+    if driver.sqlite or filters.search is None:
+        yield
+        return
+    async with driver.connection.transaction(readonly=True):
+        await driver.connection.execute("SET LOCAL plan_cache_mode = force_custom_plan")
+        yield
+
+
 async def leads_page(
     *,
     driver: db.Driver,
@@ -315,16 +330,17 @@ async def leads_page(
     # Rows are read from the cursor outwards; a backward page is then turned
     # around to be listed in the order asked for.
     sql = statements.page_rows(driver.dialect.name, page_conditions, going_down)
-    rows = await _fetch(driver, sql, *page_values, request.size + 1)
+    near_side = False
+    async with _planned_per_call(driver, request.filters):
+        rows = await _fetch(driver, sql, *page_values, request.size + 1)
+        if cursor is not None:
+            exists = statements.page_exists(driver.dialect.name, (*conditions, near))
+            near_values = [*values, instant(cursor.created_date), cursor.id]
+            near_side = bool((await _fetch(driver, exists, *near_values))[0][0])
     more = len(rows) > request.size
     leads = _stored(driver, rows[: request.size])
     if not request.forward:
         leads.reverse()
-    near_side = False
-    if cursor is not None:
-        exists = statements.page_exists(driver.dialect.name, (*conditions, near))
-        near_values = [*values, instant(cursor.created_date), cursor.id]
-        near_side = bool((await _fetch(driver, exists, *near_values))[0][0])
     return Page(
         flow=flow,
         filters=request.filters,
@@ -341,7 +357,8 @@ async def count_leads(*, driver: db.Driver, page: Page) -> int:
     """`totalCount`: the leads of the page's flow within its filters."""
     conditions, values = _narrowed(driver, page.flow, page.filters)
     sql = statements.page_count(driver.dialect.name, conditions)
-    return int((await _fetch(driver, sql, *values))[0][0])
+    async with _planned_per_call(driver, page.filters):
+        return int((await _fetch(driver, sql, *values))[0][0])
 
 
 # --- Deleting leads: deleteLead, eraseContact, retention ----------------------

@@ -65,15 +65,24 @@ class TokenBuckets:
         self.per_token = rate.seconds / rate.count
         self.buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
 
-    def take(self, key: str) -> None:
+    def take(self, key: str, count: int = 1) -> None:
+        """Take `count` writes from the key's bucket, all or none."""
         now = time.monotonic()
         tokens, last = self.buckets.pop(key, (float(self.rate.count), now))
         tokens = min(float(self.rate.count), tokens + (now - last) / self.per_token)
-        if tokens < 1:
+        if count > self.rate.count:
             self.buckets[key] = (tokens, now)
-            wait = (1 - tokens) * self.per_token
+            raise RateLimited(
+                math.ceil(self.rate.seconds),
+                f"A batch of {count} is more than the write limit allows "
+                f"({self.rate.count} per {self.rate.seconds:g} s): "
+                "send smaller batches",
+            )
+        if tokens < count:
+            self.buckets[key] = (tokens, now)
+            wait = (count - tokens) * self.per_token
             raise RateLimited(max(1, math.ceil(wait)), "Too many writes; slow down")
-        self.buckets[key] = (tokens - 1, now)
+        self.buckets[key] = (tokens - count, now)
         if len(self.buckets) > _MAX_KEYS:
             self.buckets.popitem(last=False)
 
@@ -92,11 +101,14 @@ class WriteLimits:
         self.per_address = TokenBuckets(per_address) if per_address else None
         self.public = TokenBuckets(public)
 
-    def check(self, *, subject: str, address: str, public: bool) -> None:
+    def check(
+        self, *, subject: str, address: str, public: bool, count: int = 1
+    ) -> None:
+        """Take `count` writes (a batch counts as its number of leads)."""
         if public:
-            self.public.take(client_key(address))
+            self.public.take(client_key(address), count)
             return
         if self.per_subject is not None:
-            self.per_subject.take(subject)
+            self.per_subject.take(subject, count)
         if self.per_address is not None:
-            self.per_address.take(client_key(address))
+            self.per_address.take(client_key(address), count)

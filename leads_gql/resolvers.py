@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -21,6 +21,7 @@ from leads_gql.errors import (
     FieldError,
     InvalidArgument,
     InvalidInput,
+    LeadsError,
     NotFound,
 )
 from leads_gql.limits import WriteLimits
@@ -33,7 +34,7 @@ from leads_gql.models import (
     phone_digits,
 )
 from leads_gql.paging import Cursors, Filters, Order, PageRequest, Position
-from leads_gql.store import db, exports, notifications, statements
+from leads_gql.store import bulk, db, exports, notifications, statements
 from leads_gql.store.json_lists import REST_KEYS, Keys, list_sql
 from leads_gql.telemetry import LEADS_CREATED, lead_deleted
 
@@ -173,27 +174,9 @@ async def lead(
     return rows[0]
 
 
-async def _insert(driver: db.Driver, new: StoredLead) -> bool:
-    """Insert at the driver; False when the id is already stored."""
-    created_date = statements.created_date_in(driver.dialect)(new.created_date)
-    values = (
-        new.id, new.name, new.email, new.phone, new.chatflowid, new.chat_id,
-        created_date, phone_digits(new.phone),
-    )  # fmt: skip
-    if driver.sqlite:
-        sql = statements.INSERT["sqlite"]
-        if not await driver.connection.execute_fetchall(sql, values):
-            return False
-        notifications.announce(driver.engine, new)
-        return True
-    # The statement also announces the lead (NOTIFY) to every instance.
-    status = await driver.connection.execute(statements.INSERT["postgresql"], *values)
-    return str(status) == "SELECT 1"
-
-
 async def create_lead(
     *,
-    driver: db.Driver,
+    engine: AsyncEngine,
     principal: Principal,
     data: Mapping[str, object],
     limits: WriteLimits | None = None,
@@ -202,8 +185,9 @@ async def create_lead(
     (to a caller without `leads:read`, only the contact fields it sent).
 
     The insert comes first and skips an existing id (ON CONFLICT DO NOTHING), so
-    concurrent creates of one id store one row and never fail on the key. The
-    connection is in autocommit: the INSERT is its own transaction.
+    concurrent creates of one id store one row and never fail on the key. It is
+    committed with the creates that arrive beside it (`bulk.GroupCommit`) before
+    this returns; no connection is held while it waits.
     """
     principal.require(WRITE)
     if limits is not None:
@@ -214,16 +198,21 @@ async def create_lead(
     principal.require_chatflow(request.chatflowid)
     new = request.to_lead(now=datetime.now(UTC))
     while True:
-        async with db.writing(driver.engine):
-            inserted = await _insert(driver, new)
-        if inserted:
+        if await bulk.group_commit(engine).insert(engine, new):
             LEADS_CREATED.inc()
             return new
-        found = await _leads(driver, statements.BY_ID, new.id)
+        async with db.driver_scope(engine) as driver:
+            found = await _leads(driver, statements.BY_ID, new.id)
         if found:
-            break
+            return _retried(request, found[0], principal)
         # Deleted between the two statements: store it anew.
-    (stored,) = found
+
+
+def _retried(
+    request: LeadCreate, stored: StoredLead, principal: Principal
+) -> StoredLead:
+    """The answer to a create whose id is already stored: the stored lead when
+    every field sent matches it (a safe retry), else Conflict."""
     if not request.matches(stored):
         raise Conflict()
     if READ not in principal.scopes:
@@ -231,6 +220,78 @@ async def create_lead(
         # visitor) must not read a stored lead by retrying its id.
         return request.as_sent(stored)
     return stored
+
+
+# The most leads one batch create may carry (createLeads, POST /leads/batch).
+MAX_BATCH = 1000
+
+
+async def create_leads(
+    *,
+    engine: AsyncEngine,
+    principal: Principal,
+    items: Sequence[object],
+    limits: WriteLimits | None = None,
+) -> list[StoredLead | LeadsError]:
+    """Store many leads in one statement; each item, in order, is answered with
+    its lead (stored now, or a retry of a stored one, as `create_lead`) or its
+    own error. An item's error never fails the others; the batch as a whole is
+    refused only for the caller's scope, its size or the write limits (a batch
+    counts as its number of leads)."""
+    principal.require(WRITE)
+    if not 1 <= len(items) <= MAX_BATCH:
+        message = f"give 1 to {MAX_BATCH} leads"
+        raise InvalidArgument([{"field": "input", "message": message}], message)
+    if limits is not None:
+        limits.check(
+            subject=principal.sub,
+            address=principal.address,
+            public=principal.public,
+            count=len(items),
+        )
+    now = datetime.now(UTC)
+    answers: list[StoredLead | LeadsError | None] = []
+    wanted: dict[int, tuple[LeadCreate, StoredLead]] = {}
+    for index, data in enumerate(items):
+        try:
+            if not isinstance(data, Mapping):
+                raise InvalidInput(
+                    [{"field": "input", "message": "must be a JSON object"}],
+                    "The lead is invalid",
+                )
+            request = LeadCreate.parse(data)
+            principal.require_chatflow(request.chatflowid)
+        except LeadsError as error:
+            answers.append(error)
+            continue
+        answers.append(None)
+        wanted[index] = (request, request.to_lead(now=now))
+    created = 0
+    async with db.driver_scope(engine) as driver:
+        while wanted:
+            batch = list(wanted.items())
+            async with db.writing(engine):
+                stored = await bulk.insert_many(driver, [new for _, (_, new) in batch])
+            skipped = [
+                new.id
+                for (_, (_, new)), was in zip(batch, stored, strict=True)
+                if not was
+            ]
+            found = await bulk.stored_by_ids(driver, skipped)
+            for (index, (request, new)), was in zip(batch, stored, strict=True):
+                if was:
+                    answers[index] = new
+                    created += 1
+                elif new.id in found:
+                    try:
+                        answers[index] = _retried(request, found[new.id], principal)
+                    except Conflict as error:
+                        answers[index] = error
+                else:  # deleted between the two statements: store it anew
+                    continue
+                del wanted[index]
+    LEADS_CREATED.inc(created)
+    return [answer for answer in answers if answer is not None]  # none is left
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -43,6 +43,11 @@ GRAPHQL_OPERATIONS = Counter(
     ["operation", "outcome"],
 )
 LEADS_CREATED = Counter("leads_created_total", "Leads stored (retries not counted)")
+CREATE_GROUPS = Histogram(
+    "leads_create_group_size",
+    "Single creates written together by one statement (group commit)",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+)
 LIVE_SOCKETS = Gauge("leads_live_sockets", "Open GraphQL WebSockets")
 LIVE_SUBSCRIPTIONS = Gauge(
     "leads_live_subscriptions", "Active leadCreated subscriptions"

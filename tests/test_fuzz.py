@@ -99,9 +99,11 @@ REST_OPERATIONS = [
     ("GET", "/leads/{id}"),
     ("GET", "/leads/{id}/export"),
     ("POST", "/leads"),
+    ("POST", "/leads/batch"),
     ("GET", "/api/v1/leads/{id}"),
     ("GET", "/api/v1/leads/{id}/export"),
     ("POST", "/api/v1/leads"),
+    ("POST", "/api/v1/leads/batch"),
 ]
 EXPORT_FORMATS = ("csv", "ndjson", "json")
 GRAPHQL_OPERATIONS = [
@@ -109,6 +111,7 @@ GRAPHQL_OPERATIONS = [
     "Query.lead",
     "Query.leads",
     "Mutation.createLead",
+    "Mutation.createLeads",
     "Mutation.deleteLead",
     "Mutation.eraseContact",
 ]
@@ -455,13 +458,19 @@ def check_leads(leads: list[dict[str, Any]], why: Callable[[], str]) -> None:
 
 
 def rest_statuses(
-    grant: Grant | None, flow: str | None, export_format: str | None = None
+    grant: Grant | None,
+    flow: str | None,
+    export_format: str | None = None,
+    batch: bool = False,
 ) -> set[int]:
     """The statuses a request may get with this grant (None: no valid token);
     `flow` is the chat flow id a GET asked for, None for a POST; `export_format`
-    the format an export asked for."""
+    the format an export asked for; `batch` for POST /leads/batch (each item's
+    error is in the 200's body)."""
     if grant is None:
         return {401}
+    if batch:
+        return {200, 400, 413, 415} if grant.write else {403}
     if flow is not None:  # GET /leads/{id}: scope, then the id, then the flows
         if not grant.read or grant.flows == frozenset():
             return {403}
@@ -488,7 +497,7 @@ def requested_flow(case: Case[Any], response: Any) -> tuple[bool, str | None]:
     path = unquote(urlsplit(response.request.url).path)
     prefix = case.operation.path.split("/leads")[0]
     if case.method.upper() == "POST":
-        return path.rstrip("/") == f"{prefix}/leads", None
+        return path.rstrip("/") == case.operation.path, None
     tail = "/export" if case.operation.path.endswith("/export") else ""
     match = re.fullmatch(rf"{re.escape(prefix)}/leads/([^/]+){tail}/*", path)
     return match is not None, match.group(1) if match else None
@@ -556,20 +565,27 @@ def rest_case(
         return
     case.validate_response(response, checks=OPENAPI_CHECKS)
     fmt = export_format(case)
-    allowed = rest_statuses(grant, flow, fmt)
+    batch = case.operation.path.endswith("/batch")
+    allowed = rest_statuses(grant, flow, fmt, batch)
     assert response.status_code in allowed, f"expected one of {sorted(allowed)}{why()}"
     created = []
     if response.status_code == 200:
         answer = response.json() if fmt is None else exported_leads(fmt, response)
         leads = answer if isinstance(answer, list) else [answer]
-        check_leads(leads, why)
-        if method == "POST":
+        if batch:
+            assert isinstance(case.body, list) and len(answer) == len(case.body), why()
+            leads = [item["lead"] for item in answer if "lead" in item]
+            created = [lead["id"] for lead in leads]
+            check_leads(leads, why)
+        elif method == "POST":
+            check_leads(leads, why)
             created = [answer["id"]]
             sent_flow = (
                 case.body.get("chatflowid") if isinstance(case.body, dict) else None
             )
             assert answer["chatflowid"] == str(sent_flow).lower(), why()
         else:
+            check_leads(leads, why)
             assert flow is not None and leads, why()
             assert all(lead["chatflowid"] == flow.lower() for lead in leads), why()
             order = [(instant(lead["createdDate"]), lead["id"]) for lead in leads]
@@ -708,6 +724,15 @@ def graphql_case(
         assert grant.write, why()
         # The selection set is generated: the id is there only when selected.
         created = [data["createLead"].get("id") or ""]
+    if isinstance(data, dict) and isinstance(data.get("createLeads"), list):
+        assert grant.write, why()
+        # An item failed when it says why; else it may be stored (its lead's
+        # id is there only when selected).
+        created = [
+            (item.get("lead") or {}).get("id") or ""
+            for item in data["createLeads"]
+            if not any(item.get(key) for key in ("code", "errors", "message"))
+        ]
     deleted = 0
     if isinstance(data, dict) and isinstance(data.get("deleteLead"), dict):
         deleted = 1

@@ -55,8 +55,7 @@ def principal(app: Starlette, make_token: Callable[..., str]) -> PrincipalFactor
 
 
 async def create(engine: AsyncEngine, who: Principal, **data: Any) -> dict[str, Any]:
-    async with db.driver_scope(engine) as driver:
-        row = await resolvers.create_lead(driver=driver, principal=who, data=data)
+    row = await resolvers.create_lead(engine=engine, principal=who, data=data)
     return lead_to_dict(row)
 
 

@@ -256,13 +256,12 @@ class GraphQLEndpoint:
         """A compiled `createLead`: the body Strawberry would give, errors included
         (answered here: a second run would count the write limit twice)."""
         try:
-            async with driver_scope(context.engine) as driver:
-                lead = await resolvers.create_lead(
-                    driver=driver,
-                    principal=context.principal,
-                    data=data,
-                    limits=context.limits,
-                )
+            lead = await resolvers.create_lead(
+                engine=context.engine,
+                principal=context.principal,
+                data=data,
+                limits=context.limits,
+            )
         except ServiceUnavailable:
             raise
         except LeadsError as exc:

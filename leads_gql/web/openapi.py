@@ -159,6 +159,49 @@ def _paths(prefix: str) -> dict[str, Any]:
                 },
             }
         },
+        f"{prefix}/leads/batch": {
+            "post": {
+                "operationId": f"createLeads{prefix.replace('/', '_')}",
+                "summary": "Create 1 to 1,000 leads; each item answered in order",
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "array",
+                                "minItems": 1,
+                                "maxItems": 1000,
+                                "items": {"$ref": "#/components/schemas/LeadInput"},
+                            }
+                        }
+                    },
+                },
+                "responses": {
+                    "200": {
+                        "description": "One entry per item, in order: the lead "
+                        "(stored, or already stored with the same content), or "
+                        "the item's error (422, 409 or 403)",
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "array",
+                                    "items": {"$ref": "#/components/schemas/BatchItem"},
+                                }
+                            }
+                        },
+                    },
+                    "400": _error(
+                        "The body is not JSON, or not an array of 1 to 1,000"
+                    ),
+                    "401": _UNAUTHORIZED,
+                    "403": _error("The token lacks leads:write"),
+                    "413": _error("The body is over 4 MiB"),
+                    "415": _error("The body is not application/json"),
+                    "429": _error("Too many requests; see Retry-After"),
+                    "503": _error("The database is unavailable; retry"),
+                },
+            }
+        },
     }
 
 
@@ -212,6 +255,19 @@ def document(version: str) -> dict[str, Any]:
                         },
                     },
                     "required": ["chatflowid"],
+                },
+                "BatchItem": {
+                    "oneOf": [
+                        {
+                            "type": "object",
+                            "properties": {
+                                "lead": {"$ref": "#/components/schemas/Lead"}
+                            },
+                            "required": ["lead"],
+                            "additionalProperties": False,
+                        },
+                        {"$ref": "#/components/schemas/Error"},
+                    ]
                 },
                 "Error": {
                     "type": "object",

@@ -14,9 +14,8 @@ from starlette.routing import Route
 
 from leads_gql import resolvers
 from leads_gql.auth import WRITE, Principal, public_principal
-from leads_gql.errors import BadRequest
-from leads_gql.models import lead_to_dict
-from leads_gql.store.db import driver_scope
+from leads_gql.errors import BadRequest, InvalidInput, LeadsError
+from leads_gql.models import StoredLead, lead_to_dict
 from leads_gql.web.bodies import read_json
 
 
@@ -75,12 +74,12 @@ async def export_leads(request: Request) -> Response:
     )
 
 
-async def create_lead(request: Request) -> Response:
-    """POST /leads: store a lead (a retry with the same id and content is safe).
+def writer(request: Request) -> Principal:
+    """Who creates: the token's bearer or, without a token, a visitor of a
+    public chat flow's page (its Origin allowed by LEADS_PUBLIC_FLOWS).
 
-    Without a token, a visitor of a public chat flow's page (its Origin allowed
-    by LEADS_PUBLIC_FLOWS) may create leads in that flow, and nothing else.
-    """
+    SPEC orders the checks: token, scope, then the body; the resolver checks the
+    scope again, as it must for GraphQL."""
     caller = None
     if "authorization" not in request.headers:
         caller = public_principal(
@@ -89,24 +88,62 @@ async def create_lead(request: Request) -> Response:
             client_address(request),
         )
     caller = caller or principal(request)
-    # SPEC orders the checks: token, scope, then the body; the resolver checks the
-    # scope again, as it must for GraphQL.
     caller.require(WRITE)
+    return caller
+
+
+async def create_lead(request: Request) -> Response:
+    """POST /leads: store a lead (a retry with the same id and content is safe).
+
+    Without a token, a visitor of a public chat flow's page (its Origin allowed
+    by LEADS_PUBLIC_FLOWS) may create leads in that flow, and nothing else.
+    """
+    caller = writer(request)
     data = await read_json(request)
     if not isinstance(data, dict):
         raise BadRequest("The body must be a JSON object")
-    async with driver_scope(request.app.state.engine) as driver:
-        lead = await resolvers.create_lead(
-            driver=driver,
-            principal=caller,
-            data=data,
-            limits=request.app.state.limits,
-        )
+    lead = await resolvers.create_lead(
+        engine=request.app.state.engine,
+        principal=caller,
+        data=data,
+        limits=request.app.state.limits,
+    )
     return JSONResponse(lead_to_dict(lead))
+
+
+# A batch of 1,000 leads at their largest still fits (SPEC: 4 MiB).
+BATCH_BODY_BYTES = 4 * 1024 * 1024
+
+
+def item_answer(answer: StoredLead | LeadsError) -> dict[str, Any]:
+    """One entry of a batch's answer: the lead, or the error a single create of
+    the item would have had (its fields listed for a 422)."""
+    if isinstance(answer, LeadsError):
+        extra = {"errors": answer.errors} if isinstance(answer, InvalidInput) else {}
+        return {"statusCode": answer.status, "message": answer.message, **extra}
+    return {"lead": lead_to_dict(answer)}
+
+
+async def create_leads(request: Request) -> Response:
+    """POST /leads/batch: store up to 1,000 leads; each item answered in order."""
+    caller = writer(request)
+    data = await read_json(request, BATCH_BODY_BYTES)
+    if not isinstance(data, list) or not 1 <= len(data) <= resolvers.MAX_BATCH:
+        raise BadRequest(
+            f"The body must be a JSON array of 1 to {resolvers.MAX_BATCH} leads"
+        )
+    answers = await resolvers.create_leads(
+        engine=request.app.state.engine,
+        principal=caller,
+        items=data,
+        limits=request.app.state.limits,
+    )
+    return JSONResponse([item_answer(answer) for answer in answers])
 
 
 routes = [
     Route("/leads/{id}", get_leads, methods=["GET"]),
     Route("/leads/{id}/export", export_leads, methods=["GET"]),
+    Route("/leads/batch", create_leads, methods=["POST"]),
     Route("/leads", create_lead, methods=["POST"]),
 ]

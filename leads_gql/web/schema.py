@@ -112,6 +112,35 @@ class LeadInput:
         }
 
 
+@strawberry.type(description="A field of an input that breaks a rule, and why.")
+class FieldError:
+    field: str
+    message: str
+
+
+@strawberry.type(
+    description="One item of createLeads: its lead (stored, or already stored "
+    "with the same content), or why it was refused: `code` BAD_USER_INPUT (with "
+    "`errors`), CONFLICT or FORBIDDEN."
+)
+class CreateLeadResult:
+    lead: Lead | None = None
+    errors: list[FieldError] | None = None
+    code: str | None = None
+    message: str | None = None
+
+    @classmethod
+    def of(cls, answer: StoredLead | LeadsError) -> CreateLeadResult:
+        if isinstance(answer, LeadsError):
+            errors = getattr(answer, "errors", None)
+            return cls(
+                code=answer.code,
+                message=answer.message,
+                errors=None if errors is None else [FieldError(**e) for e in errors],
+            )
+        return cls(lead=Lead.from_row(answer))
+
+
 LeadOrder = strawberry.enum(
     Order,
     name="LeadOrder",
@@ -243,14 +272,32 @@ class Mutation:
     )
     async def create_lead(self, info: Info[Context, None], input: LeadInput) -> Lead:
         data = {k: v for k, v in input.to_data().items() if v is not strawberry.UNSET}
-        async with driver_scope(info.context.engine) as driver:
-            row = await resolvers.create_lead(
-                driver=driver,
-                principal=info.context.principal,
-                data=data,
-                limits=info.context.limits,
-            )
+        row = await resolvers.create_lead(
+            engine=info.context.engine,
+            principal=info.context.principal,
+            data=data,
+            limits=info.context.limits,
+        )
         return Lead.from_row(row)
+
+    @strawberry.mutation(
+        description="Store up to 1,000 leads; each item is answered in order, and "
+        "an item's error never fails the others. Larger batches: POST /leads/batch "
+        "(this endpoint keeps its 64 KiB body limit)."
+    )
+    async def create_leads(
+        self, info: Info[Context, None], input: list[LeadInput]
+    ) -> list[CreateLeadResult]:
+        answers = await resolvers.create_leads(
+            engine=info.context.engine,
+            principal=info.context.principal,
+            items=[
+                {k: v for k, v in item.to_data().items() if v is not strawberry.UNSET}
+                for item in input
+            ],
+            limits=info.context.limits,
+        )
+        return [CreateLeadResult.of(answer) for answer in answers]
 
     @strawberry.mutation(
         description="Delete a lead and return it; null when unknown or not yours. "

@@ -1,0 +1,237 @@
+"""Writing many leads at once: one statement for a list, and group commit.
+
+`insert_many` stores a list of leads in one INSERT (one transaction, one flush),
+skipping ids already stored. The batch creates (`createLeads`, POST
+/leads/batch) and the importer use it directly; `GroupCommit` gathers the single
+creates that arrive while a write is in flight and stores them together, so
+that concurrent creates share a transaction instead of each paying for its own
+disk flush.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import weakref
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from leads_gql.models import StoredLead, phone_digits
+from leads_gql.store import db, notifications, statements
+from leads_gql.store.json_lists import lead_json_sql
+from leads_gql.telemetry import CREATE_GROUPS
+
+_COLUMNS = ", ".join(statements.STORED_COLUMNS)
+_LIST = ", ".join(statements.COLUMNS)
+# SQLite: the rows come as one JSON array of arrays (one bound value, whatever the
+# count; SQLite caps a statement's values at 32,766). `WHERE true` tells SQLite's
+# parser that ON CONFLICT belongs to the INSERT, not to a join.
+_SQLITE_ROWS = (
+    "SELECT "
+    + ", ".join(f"json_extract(value, '$[{n}]')" for n in range(8))
+    + " FROM json_each(?) WHERE true"
+)
+# PostgreSQL: one array per column (asyncpg sends them in binary).
+_POSTGRES_ROWS = (
+    "SELECT * FROM unnest($1::varchar[], $2::varchar[], $3::varchar[], "
+    "$4::varchar[], $5::varchar[], $6::varchar[], $7::timestamptz[], $8::varchar[])"
+)
+_SKIP = "ON CONFLICT (id) DO NOTHING"
+INSERT_MANY = {
+    name: f"INSERT INTO lead ({_COLUMNS}) {rows} {_SKIP} RETURNING id"
+    for name, rows in (("sqlite", _SQLITE_ROWS), ("postgresql", _POSTGRES_ROWS))
+}
+# ... announcing each stored lead to every instance in the same statement, as a
+# single create does (statements.INSERT).
+INSERT_MANY_ANNOUNCED = {
+    "sqlite": INSERT_MANY["sqlite"],
+    "postgresql": (
+        f"WITH stored AS (INSERT INTO lead ({_COLUMNS}) {_POSTGRES_ROWS} {_SKIP} "
+        f"RETURNING {_LIST}) SELECT id, pg_notify('{statements.NOTIFY_CHANNEL}', "
+        f"{lead_json_sql('postgresql')}) FROM stored"
+    ),
+}
+BY_IDS = {
+    "sqlite": f"SELECT {_LIST} FROM lead WHERE id IN (SELECT value FROM json_each(?))",
+    "postgresql": f"SELECT {_LIST} FROM lead WHERE id = ANY($1::varchar[])",
+}
+
+
+def _values(driver: db.Driver, leads: Sequence[StoredLead]) -> list[Any]:
+    """The statement's bound values: a JSON array of rows (SQLite), or one array
+    per column (PostgreSQL)."""
+    created_date = statements.created_date_in(driver.dialect)
+    rows = [
+        (
+            lead.id,
+            lead.name,
+            lead.email,
+            lead.phone,
+            lead.chatflowid,
+            lead.chat_id,
+            created_date(lead.created_date),
+            phone_digits(lead.phone),
+        )  # fmt: skip
+        for lead in leads
+    ]
+    if driver.sqlite:
+        return [orjson.dumps(rows).decode()]
+    return [list(column) for column in zip(*rows, strict=True)]
+
+
+async def insert_many(
+    driver: db.Driver, leads: Sequence[StoredLead], *, announce: bool = True
+) -> list[bool]:
+    """Store `leads` in one statement (atomic: all of them or, on an error, none);
+    for each, in order, whether this call stored it. An id already in the table,
+    or met earlier in the list, is skipped (False). `announce` tells live
+    subscribers about the stored ones (an import of old leads does not)."""
+    if not leads:
+        return []
+    if announce and not driver.sqlite:
+        sql = INSERT_MANY_ANNOUNCED["postgresql"]
+    else:
+        sql = INSERT_MANY[driver.dialect.name]
+    values = _values(driver, leads)
+    if driver.sqlite:
+        rows = await driver.connection.execute_fetchall(sql, values)
+    else:
+        rows = await driver.connection.fetch(sql, *values)
+    inserted = {row[0] for row in rows}
+    stored: list[bool] = []
+    for lead in leads:
+        stored.append(lead.id in inserted)
+        inserted.discard(lead.id)  # a later duplicate in the list was skipped
+    if announce and driver.sqlite:
+        for lead, was_stored in zip(leads, stored, strict=True):
+            if was_stored:
+                notifications.announce(driver.engine, lead)
+    return stored
+
+
+async def stored_by_ids(driver: db.Driver, ids: Sequence[str]) -> dict[str, StoredLead]:
+    """The stored leads with these ids, by id (unknown ids are absent)."""
+    if not ids:
+        return {}
+    created_date = statements.created_date_out(driver.dialect)
+    if driver.sqlite:
+        rows = await driver.connection.execute_fetchall(
+            BY_IDS["sqlite"], [orjson.dumps(list(ids)).decode()]
+        )
+    else:
+        rows = await driver.connection.fetch(BY_IDS["postgresql"], list(ids))
+    return {
+        row[0]: StoredLead(
+            row[0], row[1], row[2], row[3], row[4], row[5], created_date(row[6])
+        )
+        for row in rows
+    }
+
+
+async def insert_one(driver: db.Driver, lead: StoredLead) -> bool:
+    """One lead in its own statement (the prepared single-row INSERT)."""
+    created_date = statements.created_date_in(driver.dialect)(lead.created_date)
+    values = (
+        lead.id, lead.name, lead.email, lead.phone, lead.chatflowid, lead.chat_id,
+        created_date, phone_digits(lead.phone),
+    )  # fmt: skip
+    if driver.sqlite:
+        sql = statements.INSERT["sqlite"]
+        if not await driver.connection.execute_fetchall(sql, values):
+            return False
+        notifications.announce(driver.engine, lead)
+        return True
+    # The statement also announces the lead (NOTIFY) to every instance.
+    status = await driver.connection.execute(statements.INSERT["postgresql"], *values)
+    return str(status) == "SELECT 1"
+
+
+# At most this many creates share a statement: past it, a group's statement takes
+# longer than the flush it saves, and its creates wait for it.
+GROUP_LIMIT = 256
+
+
+class GroupCommit:
+    """Single creates that arrive while a write is in flight share the next one.
+
+    No timer: a create that finds the writer idle is written at once, alone (as
+    before group commit: it never waits for company). Creates that arrive during
+    that write queue up, and are written together by one INSERT as soon as it
+    returns: one transaction and one flush for the group instead of one each.
+    Each create learns only once its statement has returned (committed: the
+    engine is in autocommit), whether it stored its lead. When a group's
+    statement fails, its creates are written one by one, so that one bad row
+    cannot fail its neighbours.
+    """
+
+    def __init__(self) -> None:
+        self.waiting: list[tuple[StoredLead, asyncio.Future[bool]]] = []
+        self.writer: asyncio.Task[None] | None = None
+
+    async def insert(self, engine: AsyncEngine, lead: StoredLead) -> bool:
+        """Store `lead` unless its id is stored; whether this call stored it."""
+        done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self.waiting.append((lead, done))
+        if self.writer is None:
+            self.writer = asyncio.create_task(self._write(engine))
+        # A create whose client goes away still gets written: the writer owns it.
+        return await asyncio.shield(done)
+
+    async def _write(self, engine: AsyncEngine) -> None:
+        try:
+            while self.waiting:
+                group = self.waiting[:GROUP_LIMIT]
+                del self.waiting[:GROUP_LIMIT]
+                await self._store(engine, group)
+        finally:
+            self.writer = None
+
+    async def _store(
+        self,
+        engine: AsyncEngine,
+        group: list[tuple[StoredLead, asyncio.Future[bool]]],
+    ) -> None:
+        leads = [lead for lead, _ in group]
+        try:
+            async with db.driver_scope(engine) as driver, db.writing(engine):
+                if len(leads) == 1:
+                    results = [await insert_one(driver, leads[0])]
+                else:
+                    results = await insert_many(driver, leads)
+        except Exception as error:
+            if len(group) == 1:
+                _settle(group[0][1], error=error)
+            else:
+                for single in group:
+                    await self._store(engine, [single])
+            return
+        CREATE_GROUPS.observe(len(group))
+        for (_, done), stored in zip(group, results, strict=True):
+            _settle(done, result=stored)
+
+
+def _settle(
+    done: asyncio.Future[bool],
+    *,
+    result: bool = False,
+    error: BaseException | None = None,
+) -> None:
+    if done.done():  # its create was cancelled
+        return
+    if error is not None:
+        done.set_exception(error)
+    else:
+        done.set_result(result)
+
+
+_groups: weakref.WeakKeyDictionary[Any, GroupCommit] = weakref.WeakKeyDictionary()
+
+
+def group_commit(engine: AsyncEngine) -> GroupCommit:
+    """The engine's GroupCommit (one per engine and process)."""
+    group = _groups.get(engine.sync_engine)
+    if group is None:
+        group = _groups[engine.sync_engine] = GroupCommit()
+    return group

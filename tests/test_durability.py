@@ -55,26 +55,38 @@ def env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str, st
 
 
 async def load(
-    server: Server, flow: str, count: int, concurrency: int, stop_after: float | None
+    server: Server,
+    flow: str,
+    count: int,
+    concurrency: int,
+    stop_after: float | None,
+    batch: int = 0,
 ) -> tuple[list[str], list[int]]:
-    """`count` creates at `concurrency`; with `stop_after`, the server is signalled
+    """`count` creates at `concurrency` (each a batch of `batch` leads through
+    POST /leads/batch when given); with `stop_after`, the server is signalled
     mid-load. Returns the acknowledged ids and every status seen (0: no answer)."""
     acknowledged: list[str] = []
     statuses: list[int] = []
     limit = asyncio.Semaphore(concurrency)
 
+    def lead(i: int) -> dict[str, str]:
+        return {"id": str(uuid.uuid4()), "chatflowid": flow, "name": f"n{i}"}
+
     async def create(client: httpx.AsyncClient, i: int) -> None:
         async with limit:
             try:
-                answer = await client.post(
-                    f"{server.url}/leads",
-                    json={"id": str(uuid.uuid4()), "chatflowid": flow, "name": f"n{i}"},
-                )
+                if batch:
+                    body = [lead(i * batch + n) for n in range(batch)]
+                    answer = await client.post(f"{server.url}/leads/batch", json=body)
+                else:
+                    answer = await client.post(f"{server.url}/leads", json=lead(i))
             except httpx.TransportError:
                 statuses.append(0)
                 return
         statuses.append(answer.status_code)
-        if answer.status_code == 200:
+        if answer.status_code == 200 and batch:
+            acknowledged.extend(item["lead"]["id"] for item in answer.json())
+        elif answer.status_code == 200:
             acknowledged.append(answer.json()["id"])
 
     async with httpx.AsyncClient(headers=headers(), timeout=30) as client:
@@ -97,13 +109,17 @@ async def stored_ids(server: Server, flow: str) -> list[str]:
     return [row["id"] for row in rows]
 
 
+@pytest.mark.parametrize("batch", [0, 50], ids=["single", "batches-of-50"])
 async def test_sigkill_mid_load_loses_no_acknowledged_lead(
-    env: dict[str, str], tmp_path: Path
+    env: dict[str, str], tmp_path: Path, batch: int
 ) -> None:
+    """Single creates (written in groups) or batches: whatever was answered 200
+    is on disk after a SIGKILL."""
     flow = str(uuid.uuid4())
     server = Server(tmp_path, env).start()
     try:
-        task = asyncio.create_task(load(server, flow, 400, 16, None))
+        count = 400 if not batch else 200
+        task = asyncio.create_task(load(server, flow, count, 16, None, batch))
         await asyncio.sleep(0.6)
         server.kill()
         acknowledged, statuses = await task

@@ -434,6 +434,19 @@ def test_export_downloads_the_flow_as_csv(visit: Any, server: Server) -> None:
     expect(page.locator("#message")).to_contain_text(f"Downloaded {flow}-leads.csv")
 
 
+def test_export_waits_for_a_flow_to_have_leads(visit: Any, server: Server) -> None:
+    flow = str(uuid.uuid4())
+    page = sign_in(visit(), flow)
+    expect(page.locator("#empty")).to_contain_text("No leads in this chat flow yet")
+    export = page.get_by_role("button", name="Export CSV")
+    expect(export).to_be_disabled()
+    expect(page.locator("#live")).to_have_attribute("data-state", "live")
+    page.wait_for_timeout(500)  # the server starts the subscription
+    create(server, flow, name="Grace Hopper")
+    expect(page.locator("#rows td.name")).to_have_text("Grace Hopper")
+    expect(export).to_be_enabled()
+
+
 def test_delete_asks_first_and_only_where_the_token_may(
     visit: Any, server: Server
 ) -> None:
@@ -480,7 +493,11 @@ def test_an_expired_or_refused_token_asks_for_a_new_one(
 ) -> None:
     flow = str(uuid.uuid4())
     seed(server, flow, 1)
-    page = sign_in(visit(), flow, token(ttl=-120))
+    # A token already expired when pasted is refused at once, before any request.
+    page = visit().page
+    page.goto("/")
+    page.get_by_label("Paste a token").fill(token(ttl=-120))
+    page.get_by_role("button", name="Use token").click()
     alert = page.locator("#token-error")
     expect(alert).to_contain_text("Your token expired")
     expect(alert).to_contain_text("Paste a new one")
@@ -492,6 +509,8 @@ def test_an_expired_or_refused_token_asks_for_a_new_one(
     # socket (4403), and the page says so.
     page.get_by_label("Paste a token").fill(token(ttl=3))
     page.get_by_role("button", name="Use token").click()
+    page.get_by_label("Chat flow id").fill(flow)
+    page.get_by_role("button", name="Show leads").click()
     expect(page.locator("#summary")).to_have_text("1 lead · showing 1–1")
     expect(page.locator("#live")).to_have_attribute("data-state", "live")
     expect(alert).to_contain_text("Your token expired", timeout=15_000)

@@ -236,6 +236,10 @@
     if (!claims) {
       return "This is not a token: a token (a JWT) is three parts separated by dots.";
     }
+    const exp = Number(claims.exp);
+    if (exp && exp * 1000 <= Date.now()) {
+      return `Your token expired ${at(new Date(exp * 1000))}. Paste a new one to go on.`;
+    }
     stopLive(); // a socket carries the token it was opened with
     state.token = token;
     state.claims = claims;
@@ -540,7 +544,9 @@
       ? document.activeElement.dataset.leadId
       : undefined;
     renderSummary();
-    ui.exportButton.disabled = false;
+    // Nothing to export from a flow with no leads at all (a filter that matches
+    // none says nothing of the flow: the export is of the whole flow).
+    setExportable(filtered() || state.totalCount > 0);
     setPagerBusy(false);
     if (!state.edges.length) {
       if (filtered()) showEmpty("No leads match these filters.");
@@ -623,8 +629,14 @@
     return ta !== tb ? ta > tb : a.id > b.id;
   }
 
+  function setExportable(yes) {
+    ui.exportButton.disabled = !yes;
+    ui.exportButton.title = yes ? "" : "This chat flow has no leads to export yet.";
+  }
+
   function onLiveLead(lead) {
     if (!lead || String(lead.chatflowid).toLowerCase() !== state.flow.toLowerCase()) return;
+    setExportable(true);
     if (!matches(lead)) return;
     if (state.edges.some((edge) => edge.node.id === lead.id)) return;
     state.totalCount += 1;

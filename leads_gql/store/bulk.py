@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from leads_gql.errors import ServiceUnavailable
 from leads_gql.models import StoredLead, phone_digits
 from leads_gql.store import db, notifications, statements
 from leads_gql.store.json_lists import lead_json_sql
@@ -176,15 +177,26 @@ class GroupCommit:
         self.waiting.append((lead, done))
         if self.writer is None:
             self.writer = asyncio.create_task(self._write(engine))
-        # A create whose client goes away still gets written: the writer owns it.
-        return await asyncio.shield(done)
+        # A create cancelled while it waits (its client went away) cancels only
+        # its wait: the writer holds the lead and still writes it.
+        return await done
 
     async def _write(self, engine: AsyncEngine) -> None:
+        group: list[tuple[StoredLead, asyncio.Future[bool]]] = []
         try:
             while self.waiting:
                 group = self.waiting[:GROUP_LIMIT]
                 del self.waiting[:GROUP_LIMIT]
                 await self._store(engine, group)
+        except BaseException as error:
+            # The writer itself failed or was cancelled (the server is stopping):
+            # no create may wait for an answer that will not come.
+            why = error if isinstance(error, Exception) else ServiceUnavailable()
+            for _, done in group + self.waiting:
+                _settle(done, error=why)
+            self.waiting.clear()
+            if not isinstance(error, Exception):
+                raise
         finally:
             self.writer = None
 
@@ -201,9 +213,12 @@ class GroupCommit:
                 else:
                     results = await insert_many(driver, leads)
         except Exception as error:
-            if len(group) == 1:
-                _settle(group[0][1], error=error)
+            if len(group) == 1 or isinstance(error, ServiceUnavailable):
+                # Alone, or the database is away: each create gets the error.
+                for _, done in group:
+                    _settle(done, error=error)
             else:
+                # One row may be what the database refused: each on its own.
                 for single in group:
                     await self._store(engine, [single])
             return
@@ -218,7 +233,7 @@ def _settle(
     result: bool = False,
     error: BaseException | None = None,
 ) -> None:
-    if done.done():  # its create was cancelled
+    if done.done():  # its create stopped waiting
         return
     if error is not None:
         done.set_exception(error)

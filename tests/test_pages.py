@@ -34,9 +34,11 @@ async def test_openapi_document_describes_both_prefixes(
         "/leads/{id}",
         "/leads/{id}/export",
         "/leads",
+        "/leads/batch",
         "/api/v1/leads/{id}",
         "/api/v1/leads/{id}/export",
         "/api/v1/leads",
+        "/api/v1/leads/batch",
     }
     assert doc["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
     lead = doc["components"]["schemas"]["Lead"]

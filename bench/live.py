@@ -51,6 +51,7 @@ import secrets
 import select
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -106,6 +107,14 @@ def cpu_seconds(pid: int) -> float:
         return 0.0
 
 
+def machine_busy_seconds() -> float:
+    """CPU seconds every process of the machine has used so far (not idle, not
+    waiting on I/O): with the run's own, it tells what else was running."""
+    with open("/proc/stat") as handle:
+        ticks = [int(v) for v in handle.readline().split()[1:9]]
+    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
+
+
 def lead_id(nonce: str, k: int) -> str:
     return f"{nonce}-0000-4000-8000-{k:012x}"
 
@@ -113,125 +122,219 @@ def lead_id(nonce: str, k: int) -> str:
 # -- the subscriber client (a process of its own) -------------------------------------
 
 
-async def subscribers_main(args: argparse.Namespace) -> None:
+def _masked(opcode: int, payload: bytes) -> bytes:
+    """A client's frame (masked, as RFC 6455 asks of clients); payload < 64 KiB."""
+    mask = os.urandom(4)
+    size = len(payload)
+    head = bytes([0x80 | opcode])
+    if size < 126:
+        head += bytes([0x80 | size])
+    else:
+        head += bytes([0x80 | 126]) + size.to_bytes(2, "big")
+    body = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    return head + mask + body
+
+
+def _frames(buf: bytes) -> tuple[list[tuple[int, int, int]], bytes]:
+    """(opcode, start, end) of each complete server frame in `buf`; the rest."""
+    frames, pos, size = [], 0, len(buf)
+    while pos + 2 <= size:
+        length, head = buf[pos + 1] & 0x7F, 2
+        if length == 126:
+            if pos + 4 > size:
+                break
+            length, head = int.from_bytes(buf[pos + 2 : pos + 4], "big"), 4
+        elif length == 127:
+            if pos + 10 > size:
+                break
+            length, head = int.from_bytes(buf[pos + 2 : pos + 10], "big"), 10
+        end = pos + head + length
+        if end > size:
+            break
+        frames.append((buf[pos] & 0x0F, pos + head, end))
+        pos = end
+    return frames, buf[pos:]
+
+
+def _open_sockets(args: argparse.Namespace, token: str) -> list[socket.socket]:
+    """`--count` sockets upgraded, acknowledged and subscribed; each step is sent
+    on every socket before the answers are read, so the server works on many."""
+    import base64
+
+    socks = []
+    for _ in range(args.count):
+        sock = socket.create_connection(("127.0.0.1", args.port), timeout=60)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        key = base64.b64encode(os.urandom(16)).decode()
+        sock.sendall(
+            (
+                f"GET /graphql HTTP/1.1\r\nHost: 127.0.0.1:{args.port}\r\n"
+                "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+                f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+                f"Sec-WebSocket-Protocol: {PROTOCOL}\r\n\r\n"
+            ).encode()
+        )
+        socks.append(sock)
+    init = json.dumps(
+        {"type": "connection_init", "payload": {"Authorization": f"Bearer {token}"}}
+    ).encode()
+    for i, sock in enumerate(socks):
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = sock.recv(4096)
+            if not chunk:
+                raise RuntimeError(f"socket {i}: closed during the handshake")
+            head += chunk
+        if not head.startswith(b"HTTP/1.1 101"):
+            raise RuntimeError(f"socket {i}: {head[:200]!r}")
+        sock.sendall(_masked(0x1, init))
+    subscribe = json.dumps(
+        {
+            "id": "1",
+            "type": "subscribe",
+            "payload": {"query": SUBSCRIPTION, "variables": {"f": args.flow}},
+        }
+    ).encode()
+    for i, sock in enumerate(socks):
+        buf = b""
+        while True:
+            frames, rest = _frames(buf)
+            if frames:
+                break
+            chunk = sock.recv(4096)
+            if not chunk:
+                raise RuntimeError(f"socket {i}: closed before connection_ack")
+            buf += chunk
+        opcode, start, end = frames[0]
+        if json.loads(buf[start:end]) != {"type": "connection_ack"} or rest:
+            raise RuntimeError(f"socket {i}: {buf[:200]!r}")
+        sock.sendall(_masked(0x1, subscribe))
+    return socks
+
+
+def subscribers_main(args: argparse.Namespace) -> None:
     """`--count` sockets to `--port`, each subscribed to `--flow`; prints READY,
     then follows commands on stdin: `DRAIN <leads>` (wait for every socket to
     have `leads` leads, or for 5 s without progress, at most 60 s; then write
-    `--out` and exit), `STOP` (close everything and exit)."""
-    import orjson
-    from websockets.asyncio.client import connect
+    `--out` and exit), `STOP` (close everything and exit).
 
+    Cheap per message, so that the client is not what is measured: plain
+    sockets and epoll (no asyncio, no WebSocket library), one recv per readable
+    socket for every frame that arrived, and of each `next` only the lead's id
+    and the send time in its name are read (from the bytes, without a JSON
+    parser). Server pings are answered; anything else is counted and kept."""
     token = os.environ["BENCH_LIVE_TOKEN"]
-    nonce = args.nonce
-    size = args.max_leads
-    counts = [bytearray(size) for _ in range(args.count)]
+    socks = _open_sockets(args, token)
+    counts = [bytearray(args.max_leads) for _ in socks]
     latencies = array.array("d")
-    foreign = [0]
-    closed: list[int | None] = []
-    received = [0]
-    sockets: list[Any] = []
-    ready = asyncio.Semaphore(64)
-    acked = [0]
-
-    async def one(i: int) -> None:
-        async with ready:
-            ws = await connect(
-                f"ws://127.0.0.1:{args.port}/graphql",
-                subprotocols=[PROTOCOL],  # type: ignore[list-item]
-                compression=None,
-                ping_interval=None,
-                max_queue=None,
-                open_timeout=60,
-            )
-            sockets.append(ws)
-            init = {"Authorization": f"Bearer {token}"}
-            await ws.send(json.dumps({"type": "connection_init", "payload": init}))
-            answer = json.loads(await ws.recv())
-            if answer.get("type") != "connection_ack":
-                raise RuntimeError(f"socket {i}: {answer}")
-            payload = {"query": SUBSCRIPTION, "variables": {"f": args.flow}}
-            await ws.send(
-                json.dumps({"id": "1", "type": "subscribe", "payload": payload})
-            )
-            acked[0] += 1
-        mine = counts[i]
-        prefix = nonce + "-"
-        try:
-            async for message in ws:
-                now = time.time()
-                data = orjson.loads(message)
-                if data.get("type") != "next":
-                    if data.get("type") == "ping":
-                        await ws.send('{"type":"pong"}')
-                        continue
-                    raise RuntimeError(f"socket {i}: {str(message)[:200]}")
-                lead = data["payload"]["data"]["leadCreated"]
-                if not lead["id"].startswith(prefix):
-                    foreign[0] += 1
-                    continue
-                k = int(lead["id"].rsplit("-", 1)[1], 16)
-                mine[k] = min(255, mine[k] + 1)
-                latencies.append(now - int(lead["name"].rsplit(" ", 1)[1]) / 1e9)
-                received[0] += 1
-        finally:
-            closed.append(ws.close_code)
-
-    tasks = [asyncio.create_task(one(i)) for i in range(args.count)]
-    deadline = time.monotonic() + 120
-    while acked[0] < args.count:
-        for t in tasks:
-            if t.done() and t.exception() is not None:
-                raise t.exception()  # type: ignore[misc]
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"only {acked[0]} of {args.count} subscribed")
-        await asyncio.sleep(0.05)
-    await asyncio.sleep(0.5)  # the last subscribe messages reach the server
-    sys.stdout.write(f"READY {acked[0]}\n")
+    nonce = args.nonce.encode()
+    key = b'"leadCreated":{"id":"'
+    name = b'"name":"Live '
+    foreign = received = 0
+    others: list[str] = []
+    closed: dict[int, int | None] = {}  # socket -> close code (None: no frame)
+    buffers = [b""] * len(socks)
+    poll = select.epoll()
+    by_fd = {}
+    for i, sock in enumerate(socks):
+        sock.setblocking(False)
+        by_fd[sock.fileno()] = i
+        poll.register(sock.fileno(), select.EPOLLIN)
+    stdin = sys.stdin.fileno()
+    poll.register(stdin, select.EPOLLIN)
+    time.sleep(0.5)  # the last subscribe messages reach the server
+    sys.stdout.write(f"READY {len(socks)}\n")
     sys.stdout.flush()
-    loop = asyncio.get_running_loop()
-    line = (await loop.run_in_executor(None, sys.stdin.readline)).split()
-    if line and line[0] == "DRAIN":
-        expected = int(line[1]) * args.count
-        last, still, give_up = -1, time.monotonic(), time.monotonic() + 60
-        while received[0] < expected and time.monotonic() < give_up:
-            if received[0] != last:
-                last, still = received[0], time.monotonic()
-            elif time.monotonic() - still > 5:
-                break
-            await asyncio.sleep(0.1)
-        sockets_open = sum(1 for t in tasks if not t.done())
-        missing = repeated = 0
-        leads = int(line[1])
-        acked_ks = set(json.loads(Path(args.acked).read_text()))
-        for mine in counts:
-            for k in range(leads):
-                if k in acked_ks:
-                    missing += mine[k] == 0
-                    repeated += mine[k] > 1
-        Path(args.out).write_bytes(
-            orjson.dumps(
-                {
-                    "sockets": args.count,
-                    "sockets_open": sockets_open,
-                    "close_codes": {str(c): closed.count(c) for c in set(closed)},
-                    "deliveries": received[0],
-                    "missing": missing,
-                    "repeated": repeated,
-                    "foreign": foreign[0],
-                    "latencies": latencies.tolist(),
-                }
-            )
+    cpu0 = os.times()
+    drain: int | None = None
+    last, still, give_up = -1, 0.0, 0.0
+    while True:
+        for fd, _ in poll.poll(0.1):
+            if fd == stdin:
+                line = sys.stdin.readline().split()
+                poll.unregister(stdin)
+                if not line or line[0] != "DRAIN":
+                    for sock in socks:
+                        sock.close()
+                    return
+                drain = int(line[1])
+                last, still, give_up = -1, time.monotonic(), time.monotonic() + 60
+                continue
+            i = by_fd[fd]
+            try:
+                data = socks[i].recv(1 << 18)
+            except (BlockingIOError, InterruptedError):
+                continue
+            except OSError:
+                data = b""
+            now = time.time()
+            if not data:
+                poll.unregister(fd)
+                closed.setdefault(i, None)
+                continue
+            buf = buffers[i] + data if buffers[i] else data
+            frames, buffers[i] = _frames(buf)
+            mine = counts[i]
+            for opcode, start, end in frames:
+                at = buf.find(key, start, end) if opcode == 0x1 else -1
+                if at < 0:
+                    if opcode == 0x9:  # a server ping: pong with its payload
+                        socks[i].sendall(_masked(0xA, buf[start:end]))
+                    elif opcode == 0x8:
+                        closed[i] = int.from_bytes(buf[start : start + 2], "big")
+                    elif len(others) < 20:
+                        others.append(buf[start : min(end, start + 200)].decode())
+                    continue
+                at += 21
+                if buf[at : at + 8] != nonce:
+                    foreign += 1
+                    continue
+                k = int(buf[at + 24 : at + 36], 16)
+                if mine[k] < 255:
+                    mine[k] += 1
+                at = buf.find(name, at + 36, end) + 13
+                at = buf.find(b" ", at, end) + 1
+                sent = int(buf[at : buf.find(b'"', at, end)])
+                latencies.append(now - sent / 1e9)
+                received += 1
+        if drain is None:
+            continue
+        if received != last:
+            last, still = received, time.monotonic()
+        done = received >= drain * len(socks)
+        if done or time.monotonic() - still > 5 or time.monotonic() > give_up:
+            break
+    cpu1 = os.times()
+    missing = repeated = 0
+    acked = set(json.loads(Path(args.acked).read_text()))
+    for mine in counts:
+        for k in range(drain):
+            if k in acked:
+                missing += mine[k] == 0
+                repeated += mine[k] > 1
+    Path(args.out).write_text(
+        json.dumps(
+            {
+                "sockets": len(socks),
+                "sockets_open": len(socks) - len(closed),
+                "close_codes": {
+                    str(c): list(closed.values()).count(c) for c in set(closed.values())
+                },
+                "deliveries": received,
+                # from READY to the end of the drain
+                "cpu_seconds": round(
+                    cpu1.user + cpu1.system - cpu0.user - cpu0.system, 2
+                ),
+                "missing": missing,
+                "repeated": repeated,
+                "foreign": foreign,
+                "other_messages": others,
+                "latencies": latencies.tolist(),
+            }
         )
-        sys.stdout.flush()
-        os._exit(0)  # the server sees the sockets drop; no close handshakes
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(
-            asyncio.gather(*(ws.close() for ws in sockets), return_exceptions=True),
-            10,
-        )
-    for t in tasks:
-        t.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
+    )
+    sys.stdout.flush()
+    os._exit(0)  # the server sees the sockets drop; no close handshakes
 
 
 class Subscribers:
@@ -408,6 +511,39 @@ async def create_steady(
     }
 
 
+async def with_probe(
+    creates: Any, dsn: str, nonce: str
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Run `creates` while a LISTEN of this process's own timestamps each NOTIFY
+    of the run on arrival: the database's share of create-to-delivery latency
+    (POST sent -> notification at a listener), apart from the fan-out's."""
+    import asyncpg
+
+    connection = await asyncpg.connect(dsn)
+    delays = array.array("d")
+
+    def arrived(_c: Any, _pid: int, _channel: str, payload: str) -> None:
+        now = time.time()
+        lead = json.loads(payload)
+        if lead["id"].startswith(nonce):
+            delays.append(now - int(lead["name"].rsplit(" ", 1)[1]) / 1e9)
+
+    await connection.add_listener("leads_created", arrived)
+    try:
+        created = await creates
+        deadline = time.monotonic() + 30  # what is still in the database's queue
+        while len(delays) < len(created["acked"]) and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+    finally:
+        await connection.close()
+    return created, {
+        "n": len(delays),
+        "p50_ms": pct(delays, 0.5) * 1000,
+        "p99_ms": pct(delays, 0.99) * 1000,
+        "max_ms": max(delays, default=float("nan")) * 1000,
+    }
+
+
 # -- runs ------------------------------------------------------------------------------
 
 
@@ -439,6 +575,7 @@ def latency_run(
     args: argparse.Namespace,
     token: str,
     workdir: Path,
+    probe_dsn: str | None = None,
 ) -> dict[str, Any]:
     global NONCE, MAX_LEADS
     NONCE = secrets.token_hex(4)
@@ -459,22 +596,36 @@ def latency_run(
     )
     procs["creator (this process)"] = os.getpid()
     cpu0 = {name: cpu_seconds(pid) for name, pid in procs.items()}
+    busy0 = machine_busy_seconds()
     rss0 = {s.name: s.rss() for s in subs_servers}
     t0 = time.monotonic()
-    created = asyncio.run(
-        create_steady(create_server.port, token, args.rate, args.seconds, NONCE)
-    )
+    creates = create_steady(create_server.port, token, args.rate, args.seconds, NONCE)
+    notify: dict[str, Any] | None = None
+    if probe_dsn is None:
+        created = asyncio.run(creates)
+    else:
+        created, notify = asyncio.run(with_probe(creates, probe_dsn, NONCE))
     (workdir / "acked.json").write_text(json.dumps(created["acked"]))
     cpu1 = {name: cpu_seconds(pid) for name, pid in procs.items()}
+    busy1 = machine_busy_seconds()
     wall = time.monotonic() - t0
     rss1 = {s.name: s.rss() for s in subs_servers}
     say(
         f"[{db}] sent {created['sent']} at {created['achieved_rate']:.0f}/s, "
-        f"acked {len(created['acked'])}, errors {created['n_errors']}"
+        f"acked {len(created['acked'])}, errors {created['n_errors']}; NOTIFY "
+        f"at a listener of the bench: {notify}"
     )
     for c in clients:
         c.command(f"DRAIN {n_leads}")
     got = [c.result() for c in clients]
+    # Servers: from before the creates to the end of the drain (deliveries may
+    # outlast the creates); clients report their own, from READY.
+    cpu2 = {s.name: cpu_seconds(s.pid) for s in subs_servers}
+    per_delivery = {}
+    for s, g in zip(subs_servers, got, strict=True):
+        n = max(1, g["deliveries"])
+        per_delivery[f"server {s.name}"] = (cpu2[s.name] - cpu0[s.name]) / n * 1e6
+        per_delivery[f"client of {s.name}"] = g["cpu_seconds"] / n * 1e6
     latencies = [v for g in got for v in g.pop("latencies")]
     expected = len(created["acked"]) * args.subscribers
     report = {
@@ -483,6 +634,7 @@ def latency_run(
         "connect_seconds": connect_s,
         "server_subscriptions": counted,
         "creates": {k: v for k, v in created.items() if k != "acked"},
+        "notify": notify,
         "acked": len(created["acked"]),
         "expected_deliveries": expected,
         "deliveries": sum(g["deliveries"] for g in got),
@@ -498,7 +650,21 @@ def latency_run(
             "max": max(latencies, default=float("nan")) * 1000,
         },
         "cpu_seconds": {k: round(cpu1[k] - cpu0[k], 2) for k in procs},
+        "cpu_seconds_to_drain": {
+            **{k: round(cpu2[k] - cpu0[k], 2) for k in cpu2},
+            **{
+                f"client-{s.name}": g["cpu_seconds"]
+                for s, g in zip(subs_servers, got, strict=True)
+            },
+        },
+        "us_per_delivery": {k: round(v, 1) for k, v in per_delivery.items()},
         "window_seconds": round(wall, 2),
+        # Every process of the machine during the creates, and what was not the
+        # run's own processes (PostgreSQL, and anything else running).
+        "machine_cpu_seconds": round(busy1 - busy0, 2),
+        "other_cpu_seconds": round(
+            busy1 - busy0 - sum(cpu1[k] - cpu0[k] for k in procs), 2
+        ),
         "rss_mb_during": {
             s.name: [round(rss0[s.name] / MB, 1), round(rss1[s.name] / MB, 1)]
             for s in subs_servers
@@ -509,7 +675,11 @@ def latency_run(
         f"[{db}] deliveries {report['deliveries']:,}/{expected:,}, missing "
         f"{report['missing']}, repeated {report['repeated']}; latency p50 "
         f"{lat['p50']:.1f} ms p90 {lat['p90']:.1f} p99 {lat['p99']:.1f} max "
-        f"{lat['max']:.0f}; CPU s {report['cpu_seconds']}"
+        f"{lat['max']:.0f}; CPU s {report['cpu_seconds']}, machine "
+        f"{report['machine_cpu_seconds']}, other {report['other_cpu_seconds']}; "
+        "to the end of the drain "
+        f"{report['cpu_seconds_to_drain']}; us per delivery "
+        f"{report['us_per_delivery']}"
     )
     return report
 
@@ -723,7 +893,15 @@ def markdown(result: dict[str, Any]) -> str:
             f"{c['sent']} sent at {c['achieved_rate']:.1f}/s, {lat['acked']} "
             f"acknowledged, {c['n_errors']} errors; POST p50 {c['post_ms']['p50']:.1f} "
             f"ms, p99 {c['post_ms']['p99']:.1f} ms; sends late p99 "
-            f"{c['send_late_ms_p99']:.1f} ms.",
+            f"{c['send_late_ms_p99']:.1f} ms."
+            + (
+                f" NOTIFY at a LISTEN of the bench's own (POST sent -> notification "
+                f"arrived, {n['n']} of them): p50 {n['p50_ms']:.1f} ms, p99 "
+                f"{n['p99_ms']:.1f} ms, max {n['max_ms']:.0f} ms: the database's "
+                "share of the latency."
+                if (n := lat.get("notify"))
+                else ""
+            ),
             "",
             table(
                 [
@@ -760,7 +938,18 @@ def markdown(result: dict[str, Any]) -> str:
             "",
             f"CPU seconds during the {lat['window_seconds']} s of creates: "
             + ", ".join(f"{k} {v}" for k, v in lat["cpu_seconds"].items())
-            + f". RSS (MB, before / after the creates): {lat['rss_mb_during']}.",
+            + f"; the whole machine {lat['machine_cpu_seconds']} (of "
+            f"{lat['window_seconds'] * (os.cpu_count() or 1):.0f}), of which "
+            f"{lat['other_cpu_seconds']} not the run's own processes (PostgreSQL, "
+            "and whatever else ran). "
+            f"RSS (MB, before / after the creates): {lat['rss_mb_during']}.",
+            "",
+            "CPU seconds from the first create to the end of the drain: "
+            + ", ".join(f"{k} {v}" for k, v in lat["cpu_seconds_to_drain"].items())
+            + "; CPU us per delivery: "
+            + ", ".join(f"{k} {v}" for k, v in lat["us_per_delivery"].items())
+            + " (a server's covers its LISTEN, its subscribers' frames and, on "
+            "SQLite, the creates).",
         ]
         if "throughput" in report:
             tp = report["throughput"]
@@ -828,7 +1017,9 @@ def run_postgres(args: argparse.Namespace, token: str, workdir: Path) -> dict[st
     report["idle_rss_mb"] = {s.name: round(s.rss() / MB, 1) for s in servers}
     # warm C's create path and both LISTENs
     asyncio.run(create_steady(c.port, token, 50, 0.2, "ffffffff"))
-    report["latency"] = latency_run("postgres", [a, b], c, [], args, token, workdir)
+    report["latency"] = latency_run(
+        "postgres", [a, b], c, [], args, token, workdir, probe_dsn=url
+    )
     harness.stop_all()
     if not args.skip_throughput:
         # A fresh instance (the latency run leaves its buffers behind), over
@@ -890,7 +1081,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.role == "subscribers":
-        asyncio.run(subscribers_main(args))
+        subscribers_main(args)
         return 0
     if shutil.which("wrk") is None and not args.skip_throughput:
         say("bench: needs wrk (apt-get install -y wrk) or --skip-throughput")

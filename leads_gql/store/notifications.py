@@ -13,17 +13,23 @@ told to go, see `Subscription`). What feeds the Feed:
   reconnect and refetch instead of missing leads silently, and it reconnects.
 - SQLite: one process writes and reads, so the resolver hands a stored lead to
   the process's Feed itself (`announce`).
+
+A subscription either queues its leads for its reader (Strawberry's stream, which
+executes the document per lead) or, when the WebSocket layer gave it a
+`Receiver`, has them written by that receiver during `publish` (one rendering per
+shape of subscription, see web/live_frames.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import weakref
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -45,26 +51,56 @@ class Gone(Exception):
         self.code, self.reason = code, reason
 
 
-class Subscription:
-    """One subscriber's queue of a flow's new leads."""
+class Receiver(Protocol):
+    """Delivers leads to a subscriber without its reader (web/live_frames.py)."""
 
-    def __init__(self, feed: Feed, flow: str, limit: int) -> None:
+    def send(self, lead: StoredLead, cache: dict[Any, bytes]) -> bool:
+        """Deliver `lead` now; `cache` is shared by every receiver of this lead
+        (what depends only on the lead is made once). False: the subscriber is
+        too far behind and must go."""
+        ...
+
+
+# The receiver of the subscription that the resolver running in this task starts
+# (the resolver is Strawberry's to call: the WebSocket layer, which knows the
+# socket and the operation id, sets it in the operation's task).
+RECEIVER: contextvars.ContextVar[Receiver | None] = contextvars.ContextVar(
+    "leads_gql_receiver", default=None
+)
+BEHIND = "The subscriber fell too far behind"
+
+
+class Subscription:
+    """One subscriber's queue of a flow's new leads (or its receiver)."""
+
+    def __init__(
+        self, feed: Feed, flow: str, limit: int, receiver: Receiver | None = None
+    ) -> None:
         self.feed, self.flow = feed, flow
+        # With a receiver, the queue only ever holds the reason of the end.
         self.queue: asyncio.Queue[StoredLead | Gone] = asyncio.Queue(limit + 1)
         self.limit = limit
+        self.receiver = receiver
         self.ended = False
         # Called when the server ends the subscription (the socket is closed with
         # the code: a reader blocked on a client that stops reading never sees
         # its queue again).
         self.on_end: Callable[[Gone], None] | None = None
 
-    def offer(self, lead: StoredLead) -> None:
+    def offer(self, lead: StoredLead, cache: dict[Any, bytes]) -> bool:
+        """Queue or deliver `lead`; True when delivered here (a receiver's)."""
         if self.ended:
-            return
+            return False
+        if self.receiver is not None:
+            if self.receiver.send(lead, cache):
+                return True
+            self.end(Gone(1013, BEHIND))
+            return False
         if self.queue.qsize() >= self.limit:
-            self.end(Gone(1013, "The subscriber fell too far behind"))
-            return
+            self.end(Gone(1013, BEHIND))
+            return False
         self.queue.put_nowait(lead)
+        return False  # counted as delivered when its reader takes it
 
     def end(self, why: Gone) -> None:
         """No more leads: the reader gets `why` next (the queue keeps a slot)."""
@@ -105,7 +141,7 @@ class Feed:
     def subscribe(
         self, flow: str, on_end: Callable[[Gone], None] | None = None
     ) -> Subscription:
-        subscription = Subscription(self, flow, self.limit)
+        subscription = Subscription(self, flow, self.limit, RECEIVER.get())
         subscription.on_end = on_end
         if self.down is not None:
             subscription.end(self.down)
@@ -123,8 +159,15 @@ class Feed:
                 del self.by_flow[subscription.flow]
 
     def publish(self, lead: StoredLead) -> None:
-        for subscription in list(self.by_flow.get(lead.chatflowid, ())):
-            subscription.offer(lead)
+        subscribers = self.by_flow.get(lead.chatflowid)
+        if not subscribers:
+            return
+        cache: dict[Any, bytes] = {}
+        delivered = 0
+        for subscription in list(subscribers):  # a subscriber may end meanwhile
+            delivered += subscription.offer(lead, cache)
+        if delivered:
+            LIVE_EVENTS.inc(delivered)
 
     def end_all(self, why: Gone) -> None:
         for subscribers in list(self.by_flow.values()):

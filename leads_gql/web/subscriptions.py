@@ -9,6 +9,11 @@ it expires. Only subscriptions run here (queries and mutations go over HTTP,
 with its limits); the document limits are the schema's, as on HTTP. What one
 client may hold is bounded: subscriptions per socket, sockets per token subject
 and per client address; how far a subscriber may fall behind is the feed's.
+
+Strawberry runs every subscribe; the `next` messages of a plain selection are
+then written by the feed itself, rendered once per lead and shape
+(web/live_frames.py): `_Handler` gives the operation's task the receiver that
+`Feed.subscribe` attaches to the subscription the resolver starts.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from strawberry.http.exceptions import (
 )
 from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
     BaseGraphQLTransportWSHandler,
+    Operation,
 )
 from strawberry.types.execution import PreExecutionError
 from strawberry.types.graphql import OperationType
@@ -42,8 +48,10 @@ from strawberry.types.unset import UNSET, UnsetType
 from leads_gql.auth import Principal
 from leads_gql.errors import InvalidJSON, Unauthenticated
 from leads_gql.limits import client_key
+from leads_gql.store.notifications import RECEIVER
 from leads_gql.telemetry import LIVE_SOCKETS
 from leads_gql.web.bodies import parse_json
+from leads_gql.web.live_frames import OUTBOX, Direct, Outbox, Shapes
 from leads_gql.web.schema import Context, coded_error
 
 PROTOCOL = "graphql-transport-ws"
@@ -176,6 +184,27 @@ class _Connection:
                 del self.endpoint.by_subject[self.subject]
 
 
+class _Handler(BaseGraphQLTransportWSHandler[Context, None]):
+    """Strawberry's protocol handler; a plain `leadCreated` selection's leads
+    are written by the feed (see the module's doc), others by Strawberry."""
+
+    def __init__(
+        self, *args: Any, outbox: Outbox | None, shapes: Shapes, **kwargs: Any
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.outbox, self.shapes = outbox, shapes
+
+    async def run_operation(self, operation: Operation[Context, None]) -> None:
+        # The operation's own task: what is set here is seen by the resolver
+        # (Strawberry calls it in this task) and by no other operation.
+        feed = self.context.feed
+        if self.outbox is not None and feed is not None:
+            shape = self.shapes.get(operation.query, operation.operation_name)
+            if shape is not None:
+                RECEIVER.set(Direct(self.outbox, shape, operation.id, feed.limit))
+        await super().run_operation(operation)
+
+
 class LiveEndpoint:
     """The ASGI app of WebSocket requests to /graphql."""
 
@@ -184,6 +213,7 @@ class LiveEndpoint:
         self.limits = limits
         self.by_subject: Counter[str] = Counter()
         self.by_address: Counter[str] = Counter()
+        self.shapes = Shapes()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         websocket = WebSocket(scope, receive, send)
@@ -207,15 +237,19 @@ class LiveEndpoint:
             feed=state.feed,
             close=connection.close,
         )
+        # uvicorn's protocol (connections.GoingAwayWebSocketProtocol) hands it.
+        outbox = scope.get("extensions", {}).get(OUTBOX, {}).get("outbox")
         try:
-            await BaseGraphQLTransportWSHandler(
-                view=connection,  # type: ignore[arg-type]
+            await _Handler(
+                view=connection,
                 websocket=connection.socket,
                 context=context,
                 root_value=None,
-                schema=self.schema,  # type: ignore[arg-type]
+                schema=self.schema,
                 connection_init_wait_timeout=INIT_WAIT,
                 max_subscriptions_per_connection=self.limits.subscriptions,
+                outbox=outbox if isinstance(outbox, Outbox) else None,
+                shapes=self.shapes,
             ).handle()
         finally:
             connection.release()

@@ -157,10 +157,11 @@ GROUP_LIMIT = 256
 class GroupCommit:
     """Single creates that arrive while a write is in flight share the next one.
 
-    No timer: a create that finds the writer idle is written at once, alone (as
-    before group commit: it never waits for company). Creates that arrive during
-    that write queue up, and are written together by one INSERT as soon as it
-    returns: one transaction and one flush for the group instead of one each.
+    No timer: a create that finds no write in flight writes itself at once, in
+    its own task (as before group commit: it never waits for company). Creates
+    that arrive during a write queue up, and a writer task writes them together
+    by one INSERT as soon as it returns: one transaction and one flush for the
+    group instead of one each.
     Each create learns only once its statement has returned (committed: the
     engine is in autocommit), whether it stored its lead. When a group's
     statement fails, its creates are written one by one, so that one bad row
@@ -170,13 +171,26 @@ class GroupCommit:
     def __init__(self) -> None:
         self.waiting: list[tuple[StoredLead, asyncio.Future[bool]]] = []
         self.writer: asyncio.Task[None] | None = None
+        self.alone = False  # a create is writing itself, in its own task
 
     async def insert(self, engine: AsyncEngine, lead: StoredLead) -> bool:
         """Store `lead` unless its id is stored; whether this call stored it."""
+        if self.writer is None and not self.alone:
+            # Nothing in flight: written at once by its own task, exactly as a
+            # create was before group commit; whoever comes meanwhile waits for
+            # the writer started after it.
+            self.alone = True
+            try:
+                async with db.driver_scope(engine) as driver, db.writing(engine):
+                    stored = await insert_one(driver, lead)
+                CREATE_GROUPS.observe(1)
+                return stored
+            finally:
+                self.alone = False
+                if self.waiting:
+                    self.writer = asyncio.create_task(self._write(engine))
         done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self.waiting.append((lead, done))
-        if self.writer is None:
-            self.writer = asyncio.create_task(self._write(engine))
         # A create cancelled while it waits (its client went away) cancels only
         # its wait: the writer holds the lead and still writes it.
         return await done

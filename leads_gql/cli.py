@@ -1,4 +1,5 @@
-"""The `leads-gql` command: serve | token | export-schema | migrate | export | purge."""
+"""The `leads-gql` command: serve | token | export-schema | migrate | export | import |
+purge."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ from leads_gql.config import DEV_SECRET_FILE, ConfigError, Settings
 
 if TYPE_CHECKING:
     from starlette.applications import Starlette
+
+    from leads_gql.importer import Source, Summary
 
 
 def _say(message: str) -> None:
@@ -319,6 +322,38 @@ def parser() -> argparse.ArgumentParser:
     )
     dump.set_defaults(func=export)
 
+    load = commands.add_parser(
+        "import",
+        help="store leads from an export file or from Flowise's database",
+        description="Store leads from a file in the export formats (FILE, or - for "
+        "standard input) or from Flowise's database, each validated as a create. Ids "
+        "and createdDate are kept: a re-run stores nothing twice, and a stored lead "
+        "with other content is reported, never overwritten. The format is guessed "
+        "from FILE's extension (.ndjson or .jsonl, .csv, .json) unless --format is "
+        "given; standard input needs --format.",
+        epilog="Exit status: 0 when no record was refused; 1 when a record was "
+        "invalid or conflicting (or --strict stopped the import); 2 when the input "
+        "or the database cannot be used.",
+    )
+    load.add_argument("file", nargs="?", metavar="FILE", help="a file, or - for stdin")
+    load.add_argument(
+        "--format",
+        choices=["ndjson", "csv", "json"],
+        help="the file's format (default: from FILE's extension)",
+    )
+    load.add_argument(
+        "--from-flowise",
+        metavar="URL",
+        help="Flowise's database: its SQLite file (a path or sqlite:///path) or "
+        "postgresql://user@host:5432/db",
+    )
+    load.add_argument(
+        "--strict",
+        action="store_true",
+        help="store nothing unless every record is valid and none conflicts",
+    )
+    load.set_defaults(func=import_leads)
+
     sweep = commands.add_parser(
         "purge", help="delete the leads older than N days, once, as retention does"
     )
@@ -390,3 +425,113 @@ def purge(args: argparse.Namespace) -> int:
         message = f"deleted {count} {leads} older than {args.days} days"
     sys.stdout.write(message + "\n")
     return 0
+
+
+def import_leads(args: argparse.Namespace) -> int:
+    """`leads-gql import`: leads_gql.importer does the work."""
+    from leads_gql import importer
+
+    if (args.file is None) == (args.from_flowise is None):
+        _say(
+            "leads-gql: import needs FILE (- for standard input) or --from-flowise URL"
+        )
+        return 2
+    settings = Settings.from_env()
+    try:
+        if args.file is not None:
+            fmt = args.format or importer.guess_format(args.file)
+            if fmt is None:
+                what = (
+                    "standard input"
+                    if args.file == "-"
+                    else f"the format of {args.file}"
+                )
+                _say(f"leads-gql: give --format (ndjson, csv or json) for {what}")
+                return 2
+            source: Source = importer.FileSource(args.file, fmt)
+        else:
+            if args.format:
+                _say("leads-gql: --format is for files, not --from-flowise")
+                return 2
+            source = importer.flowise_source(args.from_flowise)
+            _not_the_target(source, settings)
+    except importer.UnusableInput as exc:
+        _say(f"leads-gql: {exc}")
+        return 2
+    try:
+        return asyncio.run(_import(settings, source, strict=args.strict))
+    except KeyboardInterrupt:
+        _say("leads-gql: import interrupted; a re-run stores nothing twice")
+        return 130
+
+
+def _not_the_target(source: Source, settings: Settings) -> None:
+    """Flowise's SQLite file is not the service's own database."""
+    from sqlalchemy.engine import make_url
+
+    from leads_gql import importer
+
+    if not isinstance(source, importer.FlowiseSQLite) or not settings.is_sqlite:
+        return
+    target = make_url(settings.database_url).database
+    if target and Path(target).resolve() == source.path.resolve():
+        raise importer.UnusableInput(
+            "--from-flowise names the service's own database (LEADS_DATABASE_URL)"
+        )
+
+
+async def _import(settings: Settings, source: Source, *, strict: bool) -> int:
+    from sqlalchemy.exc import DBAPIError
+
+    from leads_gql import importer
+    from leads_gql.errors import ServiceUnavailable
+    from leads_gql.store import db
+
+    # The input is checked (a file opened, a header or Flowise's schema read)
+    # before the database is touched.
+    try:
+        await source.open()
+    except importer.UnusableInput as exc:
+        _say(f"leads-gql: {exc}")
+        return 2
+    run = importer.Importer(
+        source, strict=strict, progress=importer.Progress(sys.stderr)
+    )
+    try:
+        engine = db.make_engine(settings)
+        try:
+            await db.migrate(engine)  # as `serve` does at start
+            summary = await run.run(engine)
+        finally:
+            await engine.dispose()
+    except importer.UnusableInput as exc:
+        sys.stdout.write(run.summary.text() + "\n")
+        _say(f"leads-gql: {exc}")
+        return 2
+    except ModuleNotFoundError as exc:
+        _say(f"leads-gql: {exc}; for PostgreSQL: pip install 'leads-gql[postgres]'")
+        return 2
+    except (OSError, ServiceUnavailable, DBAPIError) as exc:
+        reason = exc.orig if isinstance(exc, DBAPIError) else (exc.__cause__ or exc)
+        _say(f"leads-gql: the import stopped: cannot use the database: {reason}")
+        _say(f"leads-gql: {_kept(run.summary, strict)}")
+        return 2
+    except Exception as exc:  # the driver's own errors, mid-import
+        _say(f"leads-gql: the import stopped: {type(exc).__name__}: {exc}")
+        _say(f"leads-gql: {_kept(run.summary, strict)}")
+        return 2
+    finally:
+        await source.close()
+    sys.stdout.write(summary.text() + "\n")
+    if summary.stopped_at is not None:
+        _say(f"leads-gql: --strict: stopped at {summary.stopped_at}; nothing stored")
+    return 1 if summary.refused else 0
+
+
+def _kept(summary: Summary, strict: bool) -> str:
+    if strict:
+        return "nothing was stored (--strict)"
+    return (
+        f"{summary.stored:,} leads were stored before; "
+        "run the import again to finish (it stores nothing twice)"
+    )

@@ -152,10 +152,11 @@ def parse_text(value: object, max_length: int) -> str:
     """A string the database can hold: valid Unicode, no NUL, not too long."""
     if not isinstance(value, str):
         raise ValueError("must be a string")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ValueError("must be valid Unicode text") from None
+    if not value.isascii():  # (ASCII always encodes)
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("must be valid Unicode text") from None
     if "\x00" in value:
         raise ValueError("must not contain NUL characters")
     if len(value) > max_length:
@@ -206,6 +207,9 @@ PLAIN_EMAIL_RE = re.compile(
 )
 
 
+_SPECIAL_USE_SUFFIXES = tuple("." + name for name in SPECIAL_USE_DOMAIN_NAMES)
+
+
 def _plain_email(email: str) -> bool:
     if not PLAIN_EMAIL_RE.fullmatch(email):
         return False
@@ -214,10 +218,8 @@ def _plain_email(email: str) -> bool:
     return (
         len(local) <= 64
         and "--" not in domain  # IDNA's rules for `xn--` and `ab--cd` labels
-        and not any(
-            domain == name or domain.endswith("." + name)
-            for name in SPECIAL_USE_DOMAIN_NAMES
-        )
+        # The domain is not a special-use name, nor under one.
+        and not ("." + domain).endswith(_SPECIAL_USE_SUFFIXES)
     )
 
 
@@ -266,6 +268,16 @@ def parse_datetime(value: object) -> datetime:
         return parsed.astimezone(UTC)
     except (ValueError, OverflowError):
         raise ValueError(f"{message} (this one is out of range)") from None
+
+
+# The importer's fast path (`LeadCreate.parse_plain`): the everyday phone (5 to 20
+# digits with formatting: PHONE_RE and the digit count in one match) and instant
+# (our exports' `...Z`, Flowise's `YYYY-MM-DD HH:MM:SS`), which the C parser reads.
+PLAIN_PHONE_RE = re.compile(r"\+?[ ().\-]*(?:[0-9][ ().\-]*){5,20}")
+PLAIN_INSTANT_RE = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[T ](?:[01][0-9]|2[0-3]):[0-9]{2}:[0-9]{2}"
+    r"(?:\.[0-9]{3}|\.[0-9]{6})?Z?"
+)
 
 
 # (wire name, attribute, parser) of each input field; `chatflowid` alone is required.
@@ -319,6 +331,56 @@ class LeadCreate:
         if errors:
             raise InvalidInput(errors, "The lead is invalid")
         return cls(**values)
+
+    @classmethod
+    def parse_plain(cls, data: Mapping[str, Any]) -> LeadCreate | None:
+        """`parse` of an everyday valid lead, in a third of the time (an import
+        parses millions); None for anything else, which `parse` then decides and
+        explains. Never accepts what `parse` refuses nor gives another value
+        (tests/test_import.py compares them)."""
+        get = data.get
+        name, email, phone = get("name"), get("email"), get("phone")
+        lead_id, chat_id, created = get("id"), get("chatId"), get("createdDate")
+        try:
+            if name is not None:
+                name = parse_name(name) or None
+            if email is not None:
+                if not isinstance(email, str):
+                    return None
+                email = email.strip() or None
+                if email is not None and not (
+                    len(email) <= 254 and _plain_email(email)
+                ):
+                    return None
+            if phone is not None:
+                if not isinstance(phone, str):
+                    return None
+                phone = phone.strip() or None
+                if phone is not None and not (
+                    len(phone) <= 255 and PLAIN_PHONE_RE.fullmatch(phone)
+                ):
+                    return None
+            if name is None and email is None and phone is None:
+                return None
+            chatflowid = parse_uuid(get("chatflowid"))
+            if lead_id is not None:
+                lead_id = parse_uuid(lead_id)
+            if chat_id is not None:
+                chat_id = parse_chat_id(chat_id)
+            if created is not None:
+                if not (
+                    isinstance(created, str) and PLAIN_INSTANT_RE.fullmatch(created)
+                ):
+                    return None
+                created = datetime.fromisoformat(created)
+                if created.tzinfo is None:  # no offset means UTC
+                    created = created.replace(tzinfo=UTC)
+        except ValueError:
+            return None
+        return cls(
+            id=lead_id, name=name, email=email, phone=phone, chatflowid=chatflowid,
+            chat_id=chat_id, created_date=created,
+        )  # fmt: skip
 
     def to_lead(self, now: datetime) -> StoredLead:
         """The row to insert: a new id, chat id and time where the request gave none."""

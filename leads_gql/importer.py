@@ -1,0 +1,904 @@
+"""`leads-gql import`: leads from our export files, or from Flowise's `lead` table.
+
+Every record is validated as a create (`LeadCreate.parse`; its fast path for the
+everyday lead) and stored with its id and createdDate, a chunk of CHUNK leads
+per statement (`bulk.insert_many`, which skips stored ids). A skipped lead is
+read back: the same content is "already present", other content "conflicting"
+(reported, never overwritten). Reading and parsing the next chunks runs while
+the current ones are written, a few chunks in memory at most, so a million leads
+never sit in memory at once.
+
+Reports name a record by its position (a line, a JSON array index, a Flowise
+row's id) and its fields, never by its contact data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import collections
+import contextlib
+import csv
+import dataclasses
+import io
+import json
+import sqlite3
+import sys
+import time
+from collections.abc import AsyncGenerator, Iterator, Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any, TextIO
+
+import orjson
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from leads_gql.errors import FieldError, InvalidInput
+from leads_gql.models import INPUT_FIELDS, UUID_RE, LeadCreate, StoredLead
+from leads_gql.store import bulk, db
+
+# Leads per statement: large enough that a statement's fixed costs (a round trip,
+# a commit and its flush) vanish, small enough that a chunk's JSON (SQLite) or
+# arrays (asyncpg) stay a megabyte or two.
+CHUNK = 5000
+EXTENSIONS = {".ndjson": "ndjson", ".jsonl": "ndjson", ".csv": "csv", ".json": "json"}
+FIELDS = ("id", "name", "email", "phone", "chatflowid", "chatId", "createdDate")
+# Our CSV export puts a `'` before a cell that a spreadsheet would run as a
+# formula (exports._FORMULA_STARTS); reading it back takes the `'` off.
+_GUARDED = ("'=", "'+", "'-", "'@", "'\t", "'\r")
+# The largest JSON array element we wait for (a lead is well under a kilobyte).
+MAX_ELEMENT = 1 << 20
+# SQLite's page cache for the import's connection (negative: KiB): a chunk's
+# inserts touch pages all over the id and contact indexes.
+SQLITE_CACHE_KIB = 64 * 1024
+# Without --strict, a transaction is committed once it holds this many leads or
+# is this old (see Importer._writer).
+GROUP_LEADS = 100_000
+GROUP_SECONDS = 5.0
+
+
+class UnusableInput(Exception):
+    """The input cannot be read as leads at all (exit status 2)."""
+
+
+# A record: its position (line, index or row number) and its object, or why it
+# is not one ("is not valid JSON").
+Record = tuple[int, Mapping[str, Any] | str]
+
+
+# -- Sources ---------------------------------------------------------------------
+
+
+class Source:
+    """Records in chunks. `open` checks the input (and raises UnusableInput)
+    before anything is written; `label` names a record in reports."""
+
+    async def open(self) -> None:
+        return None
+
+    def chunks(self) -> AsyncGenerator[list[Record], None]:
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        return None
+
+    def label(self, position: int, data: Mapping[str, Any] | str) -> str:
+        raise NotImplementedError
+
+
+def _valid_id(data: Mapping[str, Any] | str) -> str | None:
+    """The record's id when it is a UUID (an id is not contact data; anything
+    else in the field might be)."""
+    if isinstance(data, str):
+        return None
+    value = data.get("id")
+    if isinstance(value, str) and UUID_RE.fullmatch(value):
+        return value.lower()
+    return None
+
+
+def guess_format(path: str) -> str | None:
+    return EXTENSIONS.get(Path(path).suffix.lower())
+
+
+class FileSource(Source):
+    """Our export formats, from a file or standard input (`-`)."""
+
+    def __init__(self, path: str, fmt: str) -> None:
+        self.path, self.fmt = path, fmt
+        self.binary: IO[bytes] | None = None
+        self.text: io.TextIOWrapper | None = None
+        self.lines: Iterator[list[Record]] | None = None
+        self.first: list[Record] | None = None
+
+    def _binary(self) -> IO[bytes]:
+        if self.path == "-":
+            return sys.stdin.buffer
+        try:
+            return open(self.path, "rb", buffering=1 << 20)
+        except OSError as exc:
+            raise UnusableInput(
+                f"cannot read {self.path}: {exc.strerror or exc}"
+            ) from None
+
+    def _text(self, binary: IO[bytes]) -> TextIO:
+        # Bytes that are not UTF-8 become lone surrogates, which validation
+        # refuses per record ("must be valid Unicode text"), not per file.
+        self.text = io.TextIOWrapper(
+            binary, encoding="utf-8-sig", errors="surrogateescape", newline=""
+        )
+        return self.text
+
+    async def open(self) -> None:
+        self.binary = self._binary()
+        try:
+            if self.fmt == "ndjson":
+                self.lines = _ndjson(self.binary)
+            elif self.fmt == "csv":
+                self.lines = _csv(self._text(self.binary))
+            else:
+                self.lines = _json_array(self._text(self.binary))
+            # A header or an opening bracket that is wrong fails here, before
+            # the database is touched.
+            self.first = next(self.lines, None)
+        except BaseException as exc:
+            await self.close()
+            if isinstance(exc, OSError):
+                raise UnusableInput(f"cannot read {self.path}: {exc}") from None
+            raise
+
+    async def chunks(self) -> AsyncGenerator[list[Record], None]:
+        assert self.lines is not None
+        try:
+            if self.first is not None:
+                yield self.first
+            for chunk in self.lines:
+                yield chunk
+        except OSError as exc:
+            raise UnusableInput(f"cannot read {self.path}: {exc}") from None
+
+    async def close(self) -> None:
+        if self.text is not None:
+            self.text.detach()  # closing it would close the file (or stdin)
+            self.text = None
+        if self.binary is not None and self.path != "-":
+            self.binary.close()
+        self.binary = None
+
+    def label(self, position: int, data: Mapping[str, Any] | str) -> str:
+        where = f"element {position}" if self.fmt == "json" else f"line {position}"
+        lead_id = _valid_id(data)
+        return f"{where} (id {lead_id})" if lead_id else where
+
+
+NOT_JSON = "is not valid JSON"
+NOT_OBJECT = "is not a JSON object"
+
+
+def _ndjson(stream: IO[bytes]) -> Iterator[list[Record]]:
+    chunk: list[Record] = []
+    loads, decode_error = orjson.loads, orjson.JSONDecodeError
+    for number, line in enumerate(stream, 1):
+        try:
+            value = loads(line)
+        except decode_error:
+            if number == 1 and line.startswith(codecs.BOM_UTF8):
+                try:
+                    value = loads(line[len(codecs.BOM_UTF8) :])
+                except decode_error:
+                    value = NOT_JSON
+            elif not line.strip():  # a blank line is no record
+                continue
+            else:
+                value = NOT_JSON
+        if not isinstance(value, dict):
+            value = NOT_JSON if value is NOT_JSON else NOT_OBJECT
+        chunk.append((number, value))
+        if len(chunk) == CHUNK:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _cell(text: str) -> str | None:
+    """A CSV cell as its JSON value: empty is null; a formula guard comes off."""
+    if not text:
+        return None
+    if text[0] == "'" and text.startswith(_GUARDED):
+        return text[1:]
+    return text
+
+
+def _csv(stream: TextIO) -> Iterator[list[Record]]:
+    reader = csv.reader(stream, strict=True)
+    try:
+        header = next(reader, None)
+    except csv.Error:
+        header = []
+    if header is None:  # an empty file
+        return
+    names = [cell.strip() for cell in header]
+    if "id" not in names or "chatflowid" not in names:
+        # The first line is not echoed: without a header it holds a lead.
+        raise UnusableInput(
+            "the CSV file must start with a header naming the lead's columns: "
+            + ",".join(FIELDS)
+        )
+    columns = [(n, name) for n, name in enumerate(names) if name in FIELDS]
+    width = len(names)
+    chunk: list[Record] = []
+    line = reader.line_num + 1  # where the next record starts
+    while True:
+        try:
+            row = next(reader, None)
+        except csv.Error as exc:
+            chunk.append((line, f"is not a valid CSV record ({exc})"))
+            if reader.line_num + 1 == line:  # nothing more to read
+                break
+            line = reader.line_num + 1
+            continue
+        if row is None:
+            break
+        start, line = line, reader.line_num + 1
+        if not row:  # a blank line
+            continue
+        if len(row) != width:
+            chunk.append((start, f"has {len(row)} cells, the header {width}"))
+        else:
+            chunk.append((start, {name: _cell(row[n]) for n, name in columns}))
+        if len(chunk) >= CHUNK:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+_WHITESPACE = " \t\r\n"
+
+
+def _json_array(stream: TextIO) -> Iterator[list[Record]]:
+    chunk: list[Record] = []
+    try:
+        for record in _json_elements(stream):
+            chunk.append(record)
+            if len(chunk) == CHUNK:
+                yield chunk
+                chunk = []
+    except UnusableInput:
+        if chunk:  # what came before the break is stored (unless --strict)
+            yield chunk
+        raise
+    if chunk:
+        yield chunk
+
+
+def _json_elements(stream: TextIO) -> Iterator[Record]:
+    """A JSON array's elements, read piece by piece (the file may be larger than
+    memory; our export writes it on one line)."""
+    decoder = json.JSONDecoder()
+    buffer, at, eof = "", 0, False
+
+    def more() -> bool:
+        nonlocal buffer, at, eof
+        piece = stream.read(1 << 20)
+        buffer, at, eof = buffer[at:] + piece, 0, not piece
+        return bool(piece)
+
+    def next_char() -> str:
+        """The next character that is not whitespace ("" at the end)."""
+        nonlocal at
+        while True:
+            while at < len(buffer) and buffer[at] in _WHITESPACE:
+                at += 1
+            if at < len(buffer) or not more():
+                return buffer[at : at + 1]
+
+    if next_char() != "[":
+        raise UnusableInput("the JSON file must hold an array of leads")
+    at += 1
+    if next_char() == "]":
+        at += 1
+    else:
+        index = 0
+        while True:
+            next_char()
+            while True:
+                try:
+                    value, end = decoder.raw_decode(buffer, at)
+                except json.JSONDecodeError as exc:
+                    if not eof and len(buffer) - at <= MAX_ELEMENT and more():
+                        continue
+                    raise UnusableInput(
+                        f"element {index} is not valid JSON: {exc.msg}"
+                    ) from None
+                # A number cut at the end of the buffer would decode short.
+                if end < len(buffer) or eof or not more():
+                    break
+            at = end
+            yield index, value if isinstance(value, dict) else NOT_OBJECT
+            mark = next_char()
+            at += 1
+            if mark == "]":
+                break
+            if mark != ",":
+                raise UnusableInput(
+                    f"the JSON array is not valid after element {index} "
+                    "(expected ',' or ']')"
+                )
+            index += 1
+    if next_char():
+        raise UnusableInput("the JSON file has more after its array")
+
+
+class FlowiseSQLite(Source):
+    """Flowise's own SQLite file (by default ~/.flowise/database.sqlite), opened
+    read-only and read in rowid order, a chunk at a time, in a thread."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.connection: sqlite3.Connection | None = None
+
+    async def open(self) -> None:
+        if not self.path.is_file():
+            raise UnusableInput(f"no Flowise database at {self.path}: no such file")
+        self.connection = await asyncio.to_thread(self._connect)
+
+    def _connect(self) -> sqlite3.Connection:
+        uri = self.path.resolve().as_uri() + "?mode=ro"
+        try:
+            connection = sqlite3.connect(uri, uri=True, check_same_thread=False)
+        except sqlite3.Error as exc:
+            raise UnusableInput(f"cannot open {self.path}: {exc}") from None
+        try:
+            # Text that is not UTF-8 reaches validation (and is refused there,
+            # per lead) instead of failing the whole read.
+            connection.text_factory = _lenient_text
+            columns = connection.execute('PRAGMA table_info("lead")').fetchall()
+            # SQLite matches column names in any letter case.
+            _check_columns(
+                self.path.name, {str(c[1]).lower() for c in columns}, fold=True
+            )
+        except BaseException as exc:
+            connection.close()
+            if isinstance(exc, sqlite3.Error):
+                raise UnusableInput(
+                    f"cannot read {self.path} as an SQLite database: {exc}"
+                ) from None
+            raise
+        return connection
+
+    async def chunks(self) -> AsyncGenerator[list[Record], None]:
+        assert self.connection is not None
+        columns = ", ".join(f'"{name}"' for name in FIELDS)
+        try:
+            cursor = await asyncio.to_thread(
+                self.connection.execute, f'SELECT {columns} FROM "lead"'
+            )
+            number = 0
+            while rows := await asyncio.to_thread(cursor.fetchmany, CHUNK):
+                chunk: list[Record] = []
+                for row in rows:
+                    number += 1
+                    chunk.append((number, dict(zip(FIELDS, row, strict=True))))
+                yield chunk
+        except sqlite3.Error as exc:
+            raise UnusableInput(f"cannot read {self.path}: {exc}") from None
+
+    async def close(self) -> None:
+        if self.connection is not None:
+            self.connection.close()
+
+    def label(self, position: int, data: Mapping[str, Any] | str) -> str:
+        lead_id = _valid_id(data)
+        return f"row id {lead_id}" if lead_id else f"row {position}"
+
+
+def _lenient_text(value: bytes) -> str:
+    return value.decode("utf-8", "surrogateescape")
+
+
+def _check_columns(where: str, columns: set[str], *, fold: bool = False) -> None:
+    if not columns:
+        raise UnusableInput(
+            f"{where} has no `lead` table: is it Flowise's database? "
+            "(SQLite: ~/.flowise/database.sqlite by default)"
+        )
+    wanted = [name.lower() if fold else name for name in FIELDS]
+    missing = [
+        name for name, key in zip(FIELDS, wanted, strict=True) if key not in columns
+    ]
+    if missing:
+        raise UnusableInput(
+            f"Flowise's `lead` table in {where} has no column "
+            + ", ".join(missing)
+            + f": the importer reads Flowise's columns ({', '.join(FIELDS)})"
+        )
+
+
+# Flowise on PostgreSQL: `createdDate` is a `timestamp` without a time zone that
+# `now()` filled in the server's TimeZone, which our session shares: the cast to
+# timestamptz reads it in that zone. Printed as UTC for validation; `infinity`
+# and years outside 1-9999 stay text, which validation refuses.
+_PG_INSTANT = (
+    "CASE WHEN {c}::timestamptz AT TIME ZONE 'UTC' BETWEEN '0001-01-01' "
+    "AND '9999-12-31 23:59:59.999999' THEN to_char({c}::timestamptz AT TIME ZONE "
+    "'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') ELSE {c}::text END"
+)
+_PG_COLUMNS = (
+    "SELECT a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a "
+    "WHERE a.attrelid = to_regclass('lead') AND a.attnum > 0 AND NOT a.attisdropped"
+)
+
+
+class FlowisePostgres(Source):
+    """Flowise's PostgreSQL database: its `lead` table (found by the search_path),
+    read through a cursor in one read-only snapshot."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.connection: Any = None
+
+    async def open(self) -> None:
+        try:
+            import asyncpg  # type: ignore[import-untyped]
+        except ModuleNotFoundError:
+            raise UnusableInput(
+                "reading PostgreSQL needs asyncpg: pip install 'leads-gql[postgres]'"
+            ) from None
+        try:
+            self.connection = await asyncpg.connect(self.url, timeout=10)
+            columns = dict(await self.connection.fetch(_PG_COLUMNS))
+        except Exception as exc:  # refused, unknown database, bad URL...
+            await self.close()
+            raise UnusableInput(
+                f"cannot read Flowise's PostgreSQL database: {exc}"
+            ) from None
+        try:
+            _check_columns("the PostgreSQL database", set(columns))
+        except UnusableInput:
+            await self.close()
+            raise
+        created = '"createdDate"'
+        if columns["createdDate"].startswith("timestamp"):
+            created = _PG_INSTANT.format(c=created)
+        else:
+            created += "::text"
+        selected = [f'"{name}"::text' for name in FIELDS[:-1]] + [created]
+        self.sql = f"SELECT {', '.join(selected)} FROM lead"
+
+    async def chunks(self) -> AsyncGenerator[list[Record], None]:
+        connection = self.connection
+        try:
+            async with connection.transaction(
+                isolation="repeatable_read", readonly=True
+            ):
+                cursor = await connection.cursor(self.sql)
+                number = 0
+                while rows := await cursor.fetch(CHUNK):
+                    chunk: list[Record] = []
+                    for row in rows:
+                        number += 1
+                        chunk.append((number, dict(zip(FIELDS, row, strict=True))))
+                    yield chunk
+        except OSError as exc:
+            raise UnusableInput(f"reading Flowise's database failed: {exc}") from None
+
+    async def close(self) -> None:
+        if self.connection is not None:
+            with contextlib.suppress(Exception):
+                await self.connection.close(timeout=5)
+            self.connection = None
+
+    def label(self, position: int, data: Mapping[str, Any] | str) -> str:
+        lead_id = _valid_id(data)
+        return f"row id {lead_id}" if lead_id else f"row {position}"
+
+
+def flowise_source(url: str) -> Source:
+    """`--from-flowise`: a path or sqlite:///path, or postgresql://..."""
+    scheme, sep, rest = url.partition("://")
+    if sep and scheme.lower() in ("postgresql", "postgres"):
+        return FlowisePostgres(url)
+    if sep and scheme.lower() in ("sqlite", "file"):
+        # sqlite:///relative.db, sqlite:////absolute.db (SQLAlchemy's form)
+        return FlowiseSQLite(Path(rest[1:] if rest.startswith("/") else rest))
+    if sep:
+        raise UnusableInput(
+            f"--from-flowise: unsupported scheme {scheme!r} "
+            "(give a path, sqlite:///path or postgresql://...)"
+        )
+    return FlowiseSQLite(Path(url).expanduser())
+
+
+# -- The import ------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Summary:
+    read: int = 0
+    stored: int = 0
+    present: int = 0
+    conflicting: int = 0
+    invalid: int = 0
+    seconds: float = 0.0
+    # --strict: the record that stopped the import (nothing was stored).
+    stopped_at: str | None = None
+
+    @property
+    def refused(self) -> int:
+        return self.conflicting + self.invalid
+
+    def text(self) -> str:
+        return (
+            f"read {self.read:,}, stored {self.stored:,}, "
+            f"already present {self.present:,}, conflicting {self.conflicting:,}, "
+            f"invalid {self.invalid:,} in {self.seconds:.1f} s"
+        )
+
+
+class Progress:
+    """Records read, the rate, what was stored and refused, on stderr: one line
+    redrawn in place on a terminal, a line every few seconds otherwise. Reports
+    of refused records go through `report`, between progress lines."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self.tty = stream.isatty()
+        self.every = 0.2 if self.tty else 5.0
+        self.start = self.shown = time.monotonic()
+        self.drawn = False
+
+    def show(self, summary: Summary, pending: int = 0) -> None:
+        """`pending`: stored in the open transaction, not committed yet."""
+        now = time.monotonic()
+        if now - self.shown < self.every:
+            return
+        self.shown = now
+        rate = summary.read / max(now - self.start, 1e-6)
+        text = (
+            f"read {summary.read:,} ({rate:,.0f}/s), "
+            f"stored {summary.stored + pending:,}, "
+            f"already present {summary.present:,}, invalid {summary.invalid:,}, "
+            f"conflicting {summary.conflicting:,}"
+        )
+        if self.tty:
+            self.stream.write(f"\r{text}\x1b[K")
+            self.drawn = True
+        else:
+            self.stream.write(text + "\n")
+        self.stream.flush()
+
+    def report(self, line: str) -> None:
+        self.end()
+        self.stream.write(line + "\n")
+
+    def end(self) -> None:
+        if self.drawn:
+            self.stream.write("\r\x1b[K")
+            self.drawn = False
+        self.stream.flush()
+
+
+@dataclasses.dataclass(slots=True)
+class _Batch:
+    """A chunk, validated: its leads (with their requests and positions), and
+    the reports of its invalid records, in order."""
+
+    leads: list[StoredLead]
+    creates: list[LeadCreate]
+    positions: list[int]
+    invalid: list[tuple[int, str]]
+
+
+@dataclasses.dataclass(slots=True)
+class _Outcome:
+    """What storing a batch did."""
+
+    stored: int = 0
+    present: int = 0
+    conflicts: list[tuple[int, str]] = dataclasses.field(default_factory=list)
+
+
+class _Stop(Exception):
+    """--strict met a refused record."""
+
+
+ID_REQUIRED: FieldError = {
+    "field": "id",
+    "message": "is required for an import (a re-run finds the lead by it)",
+}
+
+
+def _validate(data: Mapping[str, Any]) -> tuple[LeadCreate | None, list[FieldError]]:
+    """The full validation of a create, plus the import's own rule: an id."""
+    try:
+        create: LeadCreate | None = LeadCreate.parse(data)
+        errors: list[FieldError] = []
+    except InvalidInput as exc:
+        create, errors = None, list(exc.errors)
+    if data.get("id") is None:
+        errors.insert(0, ID_REQUIRED)
+    return create, errors
+
+
+def _message(error: FieldError) -> str:
+    # The email check's details quote parts of the address: left out.
+    message = error["message"]
+    if error["field"] == "email":
+        message = message.split(": ", 1)[0]
+    return f"{error['field']}: {message}"
+
+
+def _differences(create: LeadCreate, stored: StoredLead) -> list[str]:
+    """The fields the record gives with another value than the stored lead's
+    (`LeadCreate.matches`, field by field)."""
+    return [
+        wire
+        for wire, attr, _ in INPUT_FIELDS
+        if (value := getattr(create, attr)) is not None
+        and value != getattr(stored, attr)
+    ]
+
+
+class _Transaction:
+    """An explicit transaction on the driver connection (the engine is in
+    autocommit): SQLite's BEGIN IMMEDIATE (the write lock at once, not at the
+    first insert) or asyncpg's."""
+
+    def __init__(self, driver: db.Driver) -> None:
+        self.driver = driver
+        self.postgres: Any = None
+        self.active = False
+        self.since = 0.0
+
+    async def begin(self) -> None:
+        if self.driver.sqlite:
+            await self.driver.connection.execute("BEGIN IMMEDIATE")
+        else:
+            self.postgres = self.driver.connection.transaction()
+            await self.postgres.start()
+        self.active, self.since = True, time.monotonic()
+
+    async def commit(self) -> None:
+        self.active = False
+        if self.driver.sqlite:
+            await self.driver.connection.execute("COMMIT")
+        else:
+            await self.postgres.commit()
+
+    async def rollback(self) -> None:
+        if not self.active:
+            return
+        self.active = False
+        with contextlib.suppress(Exception):
+            if self.driver.sqlite:
+                await self.driver.connection.execute("ROLLBACK")
+            else:
+                await self.postgres.rollback()
+
+
+class Importer:
+    """One import: `run` reads the source and stores what it holds."""
+
+    def __init__(self, source: Source, *, strict: bool, progress: Progress) -> None:
+        self.source, self.strict, self.progress = source, strict, progress
+        self.summary = Summary()
+        # Stored in the open transaction, not committed yet.
+        self.pending = 0
+        self.transaction: _Transaction
+
+    def _label(self, position: int, data: Mapping[str, Any] | str) -> str:
+        return self.source.label(position, data)
+
+    def _prepare(self, chunk: list[Record]) -> _Batch:
+        now = datetime.now(UTC)
+        plain = LeadCreate.parse_plain
+        batch = _Batch([], [], [], [])
+        for position, data in chunk:
+            if isinstance(data, str):
+                batch.invalid.append(
+                    (position, f"{self._label(position, data)}: {data}")
+                )
+            else:
+                create = plain(data)
+                errors: list[FieldError] = []
+                if create is None or create.id is None:
+                    create, errors = _validate(data)
+                if create is not None and not errors:
+                    batch.creates.append(create)
+                    batch.leads.append(create.to_lead(now))
+                    batch.positions.append(position)
+                    continue
+                reasons = "; ".join(_message(e) for e in errors)
+                batch.invalid.append(
+                    (position, f"{self._label(position, data)}: invalid: {reasons}")
+                )
+            if self.strict:  # the rest of the chunk is never stored
+                break
+        return batch
+
+    async def _store(self, driver: db.Driver, batch: _Batch) -> _Outcome:
+        """Insert the batch's leads; read back the ones that were skipped."""
+        leads = batch.leads
+        outcome = _Outcome()
+        todo = list(range(len(leads)))
+        for attempt in range(3):
+            stored = await bulk.insert_many(
+                driver, [leads[n] for n in todo], announce=False
+            )
+            skipped = [n for n, done in zip(todo, stored, strict=True) if not done]
+            outcome.stored += len(todo) - len(skipped)
+            if not skipped:
+                break
+            found = await bulk.stored_by_ids(driver, [leads[n].id for n in skipped])
+            todo = []
+            for n in skipped:
+                existing = found.get(leads[n].id)
+                if existing is None:  # deleted since the insert: store it again
+                    todo.append(n)
+                    continue
+                differs = _differences(batch.creates[n], existing)
+                if not differs:
+                    outcome.present += 1
+                    continue
+                where = self._label(batch.positions[n], {"id": leads[n].id})
+                outcome.conflicts.append(
+                    (
+                        batch.positions[n],
+                        f"{where}: conflicts with the stored lead "
+                        f"({', '.join(differs)} differ); not overwritten",
+                    )
+                )
+            if not todo:
+                break
+            if attempt == 2:
+                raise RuntimeError("leads were deleted while the import stored them")
+        return outcome
+
+    async def _settle(self, batch: _Batch, task: asyncio.Future[_Outcome]) -> None:
+        """Count and report a stored batch, in file order; --strict stops at its
+        first refused record."""
+        outcome = await task
+        summary = self.summary
+        refused = sorted(batch.invalid + outcome.conflicts)
+        if self.strict and refused:
+            position, line = refused[0]
+            self.progress.report(line)
+            summary.invalid += any(p == position for p, _ in batch.invalid)
+            summary.conflicting += any(p == position for p, _ in outcome.conflicts)
+            summary.stopped_at = line.split(":", 1)[0]
+            raise _Stop
+        self.pending += outcome.stored
+        summary.present += outcome.present
+        summary.invalid += len(batch.invalid)
+        summary.conflicting += len(outcome.conflicts)
+        for _, line in refused:
+            self.progress.report(line)
+
+    async def _writer(
+        self, driver: db.Driver, queue: asyncio.Queue[_Batch | None]
+    ) -> None:
+        """Store the batches: with --strict in one transaction (committed by
+        `run` when every record passed); otherwise in transactions of up to
+        GROUP_LEADS leads, each several statements. A transaction's commit and
+        flush are shared by many leads, and SQLite writes an index page that a
+        transaction touches once, where small transactions would write it again
+        and again (at a million leads, 11,000 leads/s with a transaction per
+        statement, four times that with these).
+
+        On SQLite the next batch's statement is queued on the connection (its
+        thread) while the current one runs, so that preparing its values here
+        overlaps SQLite's work; asyncpg runs one statement at a time."""
+        transaction = self.transaction
+        depth = 2 if driver.sqlite else 1
+        flight: collections.deque[tuple[_Batch, asyncio.Future[_Outcome]]]
+        flight = collections.deque()
+        try:
+            if self.strict:
+                await transaction.begin()
+            while (batch := await queue.get()) is not None:
+                if not transaction.active:
+                    await transaction.begin()
+                flight.append(
+                    (batch, asyncio.ensure_future(self._store(driver, batch)))
+                )
+                while len(flight) >= depth:
+                    await self._settle(*flight.popleft())
+                if not self.strict and (
+                    self.pending >= GROUP_LEADS
+                    or time.monotonic() - transaction.since >= GROUP_SECONDS
+                ):
+                    while flight:
+                        await self._settle(*flight.popleft())
+                    await self._commit()
+                self.progress.show(self.summary, self.pending)
+            while flight:
+                await self._settle(*flight.popleft())
+            if not self.strict and transaction.active:
+                await self._commit()
+        finally:
+            for _, task in flight:
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
+
+    async def _commit(self) -> None:
+        await self.transaction.commit()
+        self.summary.stored += self.pending
+        self.pending = 0
+
+    async def _pipeline(self, driver: db.Driver) -> None:
+        """Parse the next chunks while the current ones are written: at most two
+        batches waiting and two being written, so memory stays flat."""
+        queue: asyncio.Queue[_Batch | None] = asyncio.Queue(maxsize=2)
+        writer = asyncio.ensure_future(self._writer(driver, queue))
+        broken: Exception | None = None
+        try:
+            try:
+                # Closed when left early: Flowise's cursor and snapshot end here.
+                async with contextlib.aclosing(self.source.chunks()) as chunks:
+                    async for chunk in chunks:
+                        if writer.done():
+                            break
+                        self.summary.read += len(chunk)
+                        batch = self._prepare(chunk)
+                        if not await _hand_over(queue, batch, writer):
+                            break
+                        self.progress.show(self.summary, self.pending)
+                        if self.strict and batch.invalid:
+                            break
+            except Exception as exc:  # the input broke off: store what was read
+                broken = exc
+            await _hand_over(queue, None, writer)
+            try:
+                await writer
+            except _Stop:
+                return
+            if broken is not None:
+                raise broken
+        finally:
+            if not writer.done():
+                writer.cancel()
+                with contextlib.suppress(BaseException):
+                    await writer
+
+    async def run(self, engine: AsyncEngine) -> Summary:
+        """Import every record into the engine's database (migrated already).
+        With --strict, everything is rolled back unless every record was stored
+        or already present."""
+        start = time.monotonic()
+        try:
+            async with db.driver_scope(engine) as driver:
+                if driver.sqlite:
+                    await driver.connection.execute(
+                        f"PRAGMA cache_size = -{SQLITE_CACHE_KIB}"
+                    )
+                self.transaction = _Transaction(driver)
+                try:
+                    await self._pipeline(driver)
+                    if self.strict and self.summary.stopped_at is None:
+                        await self._commit()
+                finally:
+                    # Stopped, failed or interrupted: the open transaction's
+                    # leads are not stored.
+                    await self.transaction.rollback()
+                    self.pending = 0
+        finally:
+            self.summary.seconds = time.monotonic() - start
+            self.progress.end()
+        return self.summary
+
+
+async def _hand_over(
+    queue: asyncio.Queue[_Batch | None],
+    item: _Batch | None,
+    writer: asyncio.Future[None],
+) -> bool:
+    """Queue `item` for the writer; False when the writer stopped first."""
+    put = asyncio.ensure_future(queue.put(item))
+    await asyncio.wait((put, writer), return_when=asyncio.FIRST_COMPLETED)
+    if not put.done():
+        put.cancel()
+        return False
+    return True

@@ -40,7 +40,7 @@ from leads_gql.store import bulk, db
 # Leads per statement: large enough that a statement's fixed costs (a round trip,
 # a commit and its flush) vanish, small enough that a chunk's JSON (SQLite) or
 # arrays (asyncpg) stay a megabyte or two.
-CHUNK = 5000
+CHUNK = 4000  # bulk.SQLITE_ROWS: a statement each
 EXTENSIONS = {".ndjson": "ndjson", ".jsonl": "ndjson", ".csv": "csv", ".json": "json"}
 FIELDS = ("id", "name", "email", "phone", "chatflowid", "chatId", "createdDate")
 # Our CSV export puts a `'` before a cell that a spreadsheet would run as a

@@ -11,6 +11,7 @@ disk flush.
 from __future__ import annotations
 
 import asyncio
+import functools
 import weakref
 from collections.abc import Sequence
 from typing import Any
@@ -26,81 +27,72 @@ from leads_gql.telemetry import CREATE_GROUPS
 
 _COLUMNS = ", ".join(statements.STORED_COLUMNS)
 _LIST = ", ".join(statements.COLUMNS)
-# SQLite: the rows come as one JSON array of arrays (one bound value, whatever the
-# count; SQLite caps a statement's values at 32,766). `WHERE true` tells SQLite's
-# parser that ON CONFLICT belongs to the INSERT, not to a join.
-_SQLITE_ROWS = (
-    "SELECT "
-    + ", ".join(f"json_extract(value, '$[{n}]')" for n in range(8))
-    + " FROM json_each(?) WHERE true"
-)
+# SQLite: a VALUES row per lead, eight bound values each (SQLite caps a statement
+# at 32,766 values: at most SQLITE_ROWS leads). One text per row count, prepared
+# once per connection by the driver's statement cache. (A single JSON value read
+# through json_each was 25 % slower: each column's json_extract parses the row.)
+SQLITE_ROWS = 4000
+_SKIP = "ON CONFLICT (id) DO NOTHING"
+
+
+@functools.lru_cache(maxsize=512)
+def _sqlite_insert(rows: int) -> str:
+    row = "(" + ", ".join("?" * len(statements.STORED_COLUMNS)) + ")"
+    values = ", ".join([row] * rows)
+    return f"INSERT INTO lead ({_COLUMNS}) VALUES {values} {_SKIP} RETURNING id"
+
+
 # PostgreSQL: one array per column (asyncpg sends them in binary).
 _POSTGRES_ROWS = (
     "SELECT * FROM unnest($1::varchar[], $2::varchar[], $3::varchar[], "
     "$4::varchar[], $5::varchar[], $6::varchar[], $7::timestamptz[], $8::varchar[])"
 )
-_SKIP = "ON CONFLICT (id) DO NOTHING"
-INSERT_MANY = {
-    name: f"INSERT INTO lead ({_COLUMNS}) {rows} {_SKIP} RETURNING id"
-    for name, rows in (("sqlite", _SQLITE_ROWS), ("postgresql", _POSTGRES_ROWS))
-}
+INSERT_MANY = f"INSERT INTO lead ({_COLUMNS}) {_POSTGRES_ROWS} {_SKIP} RETURNING id"
 # ... announcing each stored lead to every instance in the same statement, as a
 # single create does (statements.INSERT).
-INSERT_MANY_ANNOUNCED = {
-    "sqlite": INSERT_MANY["sqlite"],
-    "postgresql": (
-        f"WITH stored AS (INSERT INTO lead ({_COLUMNS}) {_POSTGRES_ROWS} {_SKIP} "
-        f"RETURNING {_LIST}) SELECT id, pg_notify('{statements.NOTIFY_CHANNEL}', "
-        f"{lead_json_sql('postgresql')}) FROM stored"
-    ),
-}
+INSERT_MANY_ANNOUNCED = (
+    f"WITH stored AS (INSERT INTO lead ({_COLUMNS}) {_POSTGRES_ROWS} {_SKIP} "
+    f"RETURNING {_LIST}) SELECT id, pg_notify('{statements.NOTIFY_CHANNEL}', "
+    f"{lead_json_sql('postgresql')}) FROM stored"
+)
 BY_IDS = {
     "sqlite": f"SELECT {_LIST} FROM lead WHERE id IN (SELECT value FROM json_each(?))",
     "postgresql": f"SELECT {_LIST} FROM lead WHERE id = ANY($1::varchar[])",
 }
 
 
-def _values(driver: db.Driver, leads: Sequence[StoredLead]) -> list[Any]:
-    """The statement's bound values: a JSON array of rows (SQLite), or one array
-    per column (PostgreSQL)."""
-    created_date = statements.created_date_in(driver.dialect)
-    rows = [
-        (
-            lead.id,
-            lead.name,
-            lead.email,
-            lead.phone,
-            lead.chatflowid,
-            lead.chat_id,
-            created_date(lead.created_date),
-            phone_digits(lead.phone),
-        )  # fmt: skip
-        for lead in leads
-    ]
-    if driver.sqlite:
-        return [orjson.dumps(rows).decode()]
-    return [list(column) for column in zip(*rows, strict=True)]
+def _row(lead: StoredLead, created_date: Any) -> tuple[Any, ...]:
+    """A lead as the statements' row (STORED_COLUMNS)."""
+    return (
+        lead.id, lead.name, lead.email, lead.phone, lead.chatflowid, lead.chat_id,
+        created_date(lead.created_date), phone_digits(lead.phone),
+    )  # fmt: skip
 
 
 async def insert_many(
     driver: db.Driver, leads: Sequence[StoredLead], *, announce: bool = True
 ) -> list[bool]:
-    """Store `leads` in one statement (atomic: all of them or, on an error, none);
-    for each, in order, whether this call stored it. An id already in the table,
-    or met earlier in the list, is skipped (False). `announce` tells live
-    subscribers about the stored ones (an import of old leads does not)."""
+    """Store `leads` in one statement (atomic: all of them or, on an error, none;
+    at most SQLITE_ROWS on SQLite); for each, in order, whether this call stored
+    it. An id already in the table, or met earlier in the list, is skipped
+    (False). `announce` tells live subscribers about the stored ones (an import
+    of old leads does not)."""
     if not leads:
         return []
-    if announce and not driver.sqlite:
-        sql = INSERT_MANY_ANNOUNCED["postgresql"]
-    else:
-        sql = INSERT_MANY[driver.dialect.name]
-    values = _values(driver, leads)
+    created_date = statements.created_date_in(driver.dialect)
+    rows = [_row(lead, created_date) for lead in leads]
     if driver.sqlite:
-        rows = await driver.connection.execute_fetchall(sql, values)
+        if len(rows) > SQLITE_ROWS:
+            raise ValueError(f"at most {SQLITE_ROWS} leads per statement on SQLite")
+        values = [value for row in rows for value in row]
+        returned = await driver.connection.execute_fetchall(
+            _sqlite_insert(len(rows)), values
+        )
     else:
-        rows = await driver.connection.fetch(sql, *values)
-    inserted = {row[0] for row in rows}
+        columns = [list(column) for column in zip(*rows, strict=True)]
+        sql = INSERT_MANY_ANNOUNCED if announce else INSERT_MANY
+        returned = await driver.connection.fetch(sql, *columns)
+    inserted = {row[0] for row in returned}
     stored: list[bool] = []
     for lead in leads:
         stored.append(lead.id in inserted)

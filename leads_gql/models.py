@@ -240,7 +240,10 @@ def phone_digits(phone: str | None) -> str | None:
     (`+44 20 7946 0958` and `(44) 20-7946-0958` are both `442079460958`)."""
     if phone is None:
         return None
-    return "".join(ch for ch in phone if ch in "0123456789") or None
+    return _NOT_DIGITS.sub("", phone) or None
+
+
+_NOT_DIGITS = re.compile(r"[^0-9]+")
 
 
 def parse_chat_id(value: object) -> str:

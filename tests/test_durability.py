@@ -118,7 +118,7 @@ async def test_sigkill_mid_load_loses_no_acknowledged_lead(
     flow = str(uuid.uuid4())
     server = Server(tmp_path, env).start()
     try:
-        count = 400 if not batch else 200
+        count = 400 if not batch else 2000  # 100,000 leads: still going at the kill
         task = asyncio.create_task(load(server, flow, count, 16, None, batch))
         await asyncio.sleep(0.6)
         server.kill()

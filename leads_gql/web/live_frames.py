@@ -175,10 +175,11 @@ class Outbox:
     Frames put during one turn of the event loop (or, under a steady stream,
     one FLUSH_INTERVAL) go out together, in one write: leads that arrive
     together cost one system call per socket, not one per lead, and a lead
-    after a quiet spell waits for nothing but the current turn. While the transport is paused
-    (its buffers are full: the client is not reading) frames wait here and are
-    written when it resumes. Nothing is written after the close frame; `drop`
-    forgets what waits (a subscriber that fell too far behind)."""
+    after a quiet spell waits for nothing but the current turn. While the
+    transport is paused (its buffers are full: the client is not reading)
+    frames wait here and are written when it resumes. Nothing is written after
+    the close frame; `drop` forgets what waits (a subscriber that fell too far
+    behind)."""
 
     def __init__(self, wire: Wire, loop: asyncio.AbstractEventLoop) -> None:
         self.wire = wire

@@ -214,7 +214,7 @@ def compile_plan(query: str) -> Plan | None:
         return _page_plan(name, response_key, root, variables)
     if (
         len(root.arguments or ()) != 1
-        or (keys := _plain_keys(root.selection_set)) is None
+        or (keys := plain_keys(root.selection_set)) is None
     ):
         return None
     value = (root.arguments or ())[0].value
@@ -311,7 +311,7 @@ def _object(
         if selection.selection_set is None:
             return None
         if under == _NODE:
-            nested: Any = _plain_keys(selection.selection_set)
+            nested: Any = plain_keys(selection.selection_set)
         else:
             nested = _object(selection.selection_set, under)
         if nested is None:
@@ -320,8 +320,10 @@ def _object(
     return tuple(chosen)
 
 
-def _plain_keys(selection_set: SelectionSetNode) -> Keys | None:
-    """Response key -> lead field, when every selection is a plain lead field."""
+def plain_keys(selection_set: SelectionSetNode) -> Keys | None:
+    """Response key -> lead field when every selection is a plain lead field;
+    a repeated key is printed once, where it first appears (GraphQL merges it).
+    (Also read by web/live_frames.py, before Strawberry has validated.)"""
     keys: dict[str, str] = {}
     for selection in selection_set.selections:
         if (
@@ -333,7 +335,8 @@ def _plain_keys(selection_set: SelectionSetNode) -> Keys | None:
         ):
             return None
         key = selection.alias.value if selection.alias else selection.name.value
-        keys.setdefault(key, selection.name.value)  # GraphQL merges repeated keys
+        if keys.setdefault(key, selection.name.value) != selection.name.value:
+            return None  # two fields under one key: Strawberry refuses it
     return tuple(keys.items())
 
 

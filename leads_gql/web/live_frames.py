@@ -34,16 +34,15 @@ from graphql import (
     GraphQLSyntaxError,
     OperationDefinitionNode,
     OperationType,
-    SelectionSetNode,
     parse,
 )
 
-from leads_gql.models import StoredLead, format_datetime
-from leads_gql.store.json_lists import ALL_FIELDS, Keys
+from leads_gql.models import StoredLead, lead_to_dict
+from leads_gql.store.json_lists import Keys
+from leads_gql.web.compiled import plain_keys
 
 # The ASGI scope extension under which the WebSocket protocol hands its Outbox.
 OUTBOX = "leads_gql.outbox"
-_SELECTABLE = frozenset(ALL_FIELDS) | {"__typename"}
 _MAX_SHAPES = 256
 
 
@@ -57,16 +56,8 @@ class Shape:
 
     def render(self, lead: StoredLead) -> bytes:
         """The `next` message's payload, as Strawberry and orjson print it."""
-        values = {
-            "id": lead.id,
-            "name": lead.name,
-            "email": lead.email,
-            "phone": lead.phone,
-            "chatflowid": lead.chatflowid,
-            "chatId": lead.chat_id,
-            "createdDate": format_datetime(lead.created_date),
-            "__typename": "Lead",
-        }
+        values = lead_to_dict(lead)
+        values["__typename"] = "Lead"
         fields = {key: values[field] for key, field in self.keys}
         return orjson.dumps({"data": {self.response_key: fields}})
 
@@ -105,29 +96,10 @@ def compile_shape(query: str, operation_name: str | None) -> Shape | None:
         or root.selection_set is None
     ):
         return None
-    keys = _plain_keys(root.selection_set)
+    keys = plain_keys(root.selection_set)
     if keys is None:
         return None
     return Shape(root.alias.value if root.alias else root.name.value, keys)
-
-
-def _plain_keys(selection_set: SelectionSetNode) -> Keys | None:
-    """Response key -> lead field when every selection is a plain lead field;
-    a repeated key is printed once, where it first appears (GraphQL merges it)."""
-    keys: dict[str, str] = {}
-    for selection in selection_set.selections:
-        if (
-            not isinstance(selection, FieldNode)
-            or selection.name.value not in _SELECTABLE
-            or selection.arguments
-            or selection.directives
-            or selection.selection_set is not None
-        ):
-            return None
-        key = selection.alias.value if selection.alias else selection.name.value
-        if keys.setdefault(key, selection.name.value) != selection.name.value:
-            return None  # two fields under one key: Strawberry refuses it
-    return tuple(keys.items())
 
 
 class Shapes:

@@ -18,7 +18,7 @@ from starlette.routing import Route, WebSocketRoute
 from leads_gql import __version__
 from leads_gql.auth import TokenVerifier
 from leads_gql.config import Settings
-from leads_gql.errors import InvalidInput, LeadsError
+from leads_gql.errors import LeadsError
 from leads_gql.limits import WriteLimits
 from leads_gql.paging import Cursors
 from leads_gql.retention import Retention
@@ -44,11 +44,7 @@ def error_body(status: int, message: str, **extra: Any) -> dict[str, Any]:
 
 async def leads_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, LeadsError)
-    # REST's error objects are {statusCode, message}; only a 422 lists fields.
-    extra = {"errors": exc.errors} if type(exc) is InvalidInput else {}
-    return JSONResponse(
-        error_body(exc.status, exc.message, **extra), exc.status, exc.headers
-    )
+    return JSONResponse(exc.rest_body(), exc.status, exc.headers)
 
 
 async def http_error(request: Request, exc: Exception) -> Response:

@@ -43,6 +43,13 @@ class LeadsError(Exception):
         """HTTP headers that go with this error on either transport."""
         return {}
 
+    def rest_body(self) -> dict[str, object]:
+        """REST's error object: {statusCode, message}; a 422 lists its fields."""
+        body: dict[str, object] = {"statusCode": self.status, "message": self.message}
+        if self.status == 422 and isinstance(self, InvalidInput):
+            body["errors"] = self.errors
+        return body
+
 
 class BadRequest(LeadsError):
     status = 400

@@ -436,10 +436,12 @@ def test_export_downloads_the_flow_as_csv(visit: Any, server: Server) -> None:
 
 def test_export_waits_for_a_flow_to_have_leads(visit: Any, server: Server) -> None:
     flow = str(uuid.uuid4())
-    page = sign_in(visit(), flow)
+    seen = visit()
+    page = sign_in(seen, flow)
     expect(page.locator("#empty")).to_contain_text("No leads in this chat flow yet")
     export = page.get_by_role("button", name="Export CSV")
     expect(export).to_be_disabled()
+    seen.screenshot("leads-page-empty.png")
     expect(page.locator("#live")).to_have_attribute("data-state", "live")
     page.wait_for_timeout(500)  # the server starts the subscription
     create(server, flow, name="Grace Hopper")
@@ -494,13 +496,15 @@ def test_an_expired_or_refused_token_asks_for_a_new_one(
     flow = str(uuid.uuid4())
     seed(server, flow, 1)
     # A token already expired when pasted is refused at once, before any request.
-    page = visit().page
+    seen = visit()
+    page = seen.page
     page.goto("/")
     page.get_by_label("Paste a token").fill(token(ttl=-120))
     page.get_by_role("button", name="Use token").click()
     alert = page.locator("#token-error")
     expect(alert).to_contain_text("Your token expired")
     expect(alert).to_contain_text("Paste a new one")
+    seen.screenshot("leads-page-expired-token.png")
     expect(page.get_by_label("Paste a token")).to_be_focused()
     expect(page.locator("#browser")).to_be_hidden()
     assert page.evaluate("() => sessionStorage.getItem('leads-gql.token')") is None

@@ -43,21 +43,22 @@ _LEAD_FIELDS: dict[str, Any] = {
 }
 
 
+_FLOW_ID = {
+    "name": "id",
+    "in": "path",
+    "required": True,
+    "description": "The chat flow id (a UUID, else 400)",
+    "schema": {"type": "string"},
+}
+
+
 def _paths(prefix: str) -> dict[str, Any]:
     return {
         f"{prefix}/leads/{{id}}": {
             "get": {
                 "operationId": f"listLeads{prefix.replace('/', '_')}",
                 "summary": "Every lead of a chat flow, oldest first",
-                "parameters": [
-                    {
-                        "name": "id",
-                        "in": "path",
-                        "required": True,
-                        "description": "The chat flow id (a UUID, else 400)",
-                        "schema": {"type": "string"},
-                    }
-                ],
+                "parameters": [_FLOW_ID],
                 "responses": {
                     "200": {
                         "description": "The leads, oldest first",
@@ -85,13 +86,7 @@ def _paths(prefix: str) -> dict[str, Any]:
                 "streamed: CSV (RFC 4180, CRLF, formula-guarded cells), NDJSON "
                 "or a JSON array",
                 "parameters": [
-                    {
-                        "name": "id",
-                        "in": "path",
-                        "required": True,
-                        "description": "The chat flow id (a UUID, else 400)",
-                        "schema": {"type": "string"},
-                    },
+                    _FLOW_ID,
                     {
                         "name": "format",
                         "in": "query",

@@ -14,7 +14,7 @@ from starlette.routing import Route
 
 from leads_gql import resolvers
 from leads_gql.auth import WRITE, Principal, public_principal
-from leads_gql.errors import BadRequest, InvalidInput, LeadsError
+from leads_gql.errors import BadRequest, LeadsError
 from leads_gql.models import StoredLead, lead_to_dict
 from leads_gql.web.bodies import read_json
 
@@ -119,8 +119,7 @@ def item_answer(answer: StoredLead | LeadsError) -> dict[str, Any]:
     """One entry of a batch's answer: the lead, or the error a single create of
     the item would have had (its fields listed for a 422)."""
     if isinstance(answer, LeadsError):
-        extra = {"errors": answer.errors} if isinstance(answer, InvalidInput) else {}
-        return {"statusCode": answer.status, "message": answer.message, **extra}
+        return answer.rest_body()
     return {"lead": lead_to_dict(answer)}
 
 

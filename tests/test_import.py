@@ -336,6 +336,35 @@ def test_a_mixed_ndjson_file_through_the_command(
     assert stored(database_url) == leads
 
 
+def test_chunks_validated_in_the_parsing_process(
+    tmp_path: Path, database_url: str, run: Run, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two records a chunk: the first chunk is validated here, the others in the
+    parsing process; repeats and conflicts across chunks and transactions are
+    found as in one chunk, and reported in file order."""
+    monkeypatch.setattr(importer, "CHUNK", 2)
+    monkeypatch.setattr(importer, "GROUP_LEADS", 3)
+    a, b, d, bad = lead(), lead(name="Grace"), lead(name="Dan"), lead(phone="12")
+    c = {k: v for k, v in lead(name="Carl").items() if k != "chatId"}
+    path = tmp_path / "leads.ndjson"
+    path.write_bytes(ndjson(a, b, bad, a, {**b, "name": "Other"}, c, b"{", d, c))
+    status, out, err = run(database_url, str(path))
+    assert status == 1
+    assert summary(out) == {
+        "read": 9, "stored": 4, "already present": 2, "conflicting": 1, "invalid": 2,
+    }  # fmt: skip
+    assert [line.split(":")[0] for line in err.splitlines()] == [
+        f"line 3 (id {bad['id']})",
+        f"line 5 (id {b['id']})",
+        "line 7",
+    ]
+    assert set(stored(database_url)) == {a["id"], b["id"], c["id"], d["id"]}
+    status, out, _ = run(database_url, str(path))
+    assert summary(out) == {
+        "read": 9, "stored": 0, "already present": 6, "conflicting": 1, "invalid": 2,
+    }  # fmt: skip
+
+
 def test_a_clean_file_exits_zero_and_strict_stores_everything(
     tmp_path: Path, database_url: str, run: Run
 ) -> None:

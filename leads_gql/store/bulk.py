@@ -55,14 +55,23 @@ INSERT_MANY_ANNOUNCED = (
     f"RETURNING {_LIST}) SELECT id, pg_notify('{statements.NOTIFY_CHANNEL}', "
     f"{lead_json_sql('postgresql')}) FROM stored"
 )
+# The importer's statement on SQLite (`insert_rows`): a row per step through
+# executemany, with no RETURNING, which stored a million leads in two thirds of
+# the time of the statement of thousands of VALUES rows (whose RETURNING rows
+# SQLite gathers in a temporary table first).
+_SQLITE_ROW = (
+    f"INSERT INTO lead ({_COLUMNS}) "
+    f"VALUES ({', '.join('?' * len(statements.STORED_COLUMNS))}) {_SKIP}"
+)
 BY_IDS = {
     "sqlite": f"SELECT {_LIST} FROM lead WHERE id IN (SELECT value FROM json_each(?))",
     "postgresql": f"SELECT {_LIST} FROM lead WHERE id = ANY($1::varchar[])",
 }
 
 
-def _row(lead: StoredLead, created_date: Any) -> tuple[Any, ...]:
-    """A lead as the statements' row (STORED_COLUMNS)."""
+def as_row(lead: StoredLead, created_date: Any) -> tuple[Any, ...]:
+    """A lead as the statements' row (STORED_COLUMNS); `created_date` is
+    `statements.created_date_in` of the driver's dialect."""
     return (
         lead.id, lead.name, lead.email, lead.phone, lead.chatflowid, lead.chat_id,
         created_date(lead.created_date), phone_digits(lead.phone),
@@ -80,7 +89,7 @@ async def insert_many(
     if not leads:
         return []
     created_date = statements.created_date_in(driver.dialect)
-    rows = [_row(lead, created_date) for lead in leads]
+    rows = [as_row(lead, created_date) for lead in leads]
     if driver.sqlite:
         if len(rows) > SQLITE_ROWS:
             raise ValueError(f"at most {SQLITE_ROWS} leads per statement on SQLite")
@@ -92,15 +101,49 @@ async def insert_many(
         columns = [list(column) for column in zip(*rows, strict=True)]
         sql = INSERT_MANY_ANNOUNCED if announce else INSERT_MANY
         returned = await driver.connection.fetch(sql, *columns)
-    inserted = {row[0] for row in returned}
-    stored: list[bool] = []
-    for lead in leads:
-        stored.append(lead.id in inserted)
-        inserted.discard(lead.id)  # a later duplicate in the list was skipped
+    stored = _claimed([lead.id for lead in leads], {row[0] for row in returned})
     if announce and driver.sqlite:
         for lead, was_stored in zip(leads, stored, strict=True):
             if was_stored:
                 notifications.announce(driver.engine, lead)
+    return stored
+
+
+async def insert_rows(driver: db.Driver, rows: Sequence[tuple[Any, ...]]) -> list[bool]:
+    """Store rows (`as_row`) inside the caller's write transaction (the
+    importer's); for each, in order, whether this call stored it (an id stored
+    already, or met earlier in the list, is skipped). No notifications.
+
+    On SQLite, executemany with no RETURNING, and, only when some id was skipped,
+    the rows stored now read back by rowid: a new row's rowid is above every
+    rowid before it, and the write lock keeps other writers out meanwhile. (A
+    savepoint to undo a chunk instead copies each page it touches once more:
+    a third slower.)"""
+    if not rows:
+        return []
+    connection = driver.connection
+    if driver.sqlite:
+        cursor = await connection.execute("SELECT coalesce(max(rowid), 0) FROM lead")
+        (before,) = await cursor.fetchone()
+        cursor = await connection.executemany(_SQLITE_ROW, rows)
+        if cursor.rowcount == len(rows):
+            return [True] * len(rows)
+        returned = await connection.execute_fetchall(
+            "SELECT id FROM lead WHERE rowid > ?", (before,)
+        )
+    else:
+        columns = [list(column) for column in zip(*rows, strict=True)]
+        returned = await connection.fetch(INSERT_MANY, *columns)
+    return _claimed([row[0] for row in rows], {row[0] for row in returned})
+
+
+def _claimed(ids: Sequence[str], inserted: set[str]) -> list[bool]:
+    """Whether each id was stored: an inserted id by its first place only (a
+    later duplicate in the list was skipped)."""
+    stored: list[bool] = []
+    for lead_id in ids:
+        stored.append(lead_id in inserted)
+        inserted.discard(lead_id)
     return stored
 
 

@@ -1,12 +1,12 @@
 """`leads-gql import`: leads from our export files, or from Flowise's `lead` table.
 
 Every record is validated as a create (`LeadCreate.parse`; its fast path for the
-everyday lead) and stored with its id and createdDate, a chunk of CHUNK leads
-per statement (`bulk.insert_many`, which skips stored ids). A skipped lead is
+everyday lead) and stored with its id and createdDate, a chunk of a few thousand
+leads at a time (`bulk.insert_rows`, which skips stored ids). A skipped lead is
 read back: the same content is "already present", other content "conflicting"
-(reported, never overwritten). Reading and parsing the next chunks runs while
-the current ones are written, a few chunks in memory at most, so a million leads
-never sit in memory at once.
+(reported, never overwritten). The next chunks are read, and validated in a
+second process, while the current ones are written, a few chunks in memory at
+most, so a million leads never sit in memory at once.
 
 Reports name a record by its position (a line, a JSON array index, a Flowise
 row's id) and its fields, never by its contact data.
@@ -29,7 +29,7 @@ import sqlite3
 import sys
 import time
 from collections.abc import AsyncGenerator, Iterator, Mapping
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any, TextIO
@@ -42,10 +42,10 @@ from leads_gql.errors import FieldError, InvalidInput
 from leads_gql.models import INPUT_FIELDS, UUID_RE, LeadCreate, StoredLead
 from leads_gql.store import bulk, db, statements
 
-# Leads per statement: large enough that a statement's fixed costs (a round trip,
-# a commit and its flush) vanish, small enough that a chunk's JSON (SQLite) or
-# arrays (asyncpg) stay a megabyte or two.
-CHUNK = 4000  # bulk.SQLITE_ROWS: a statement each
+# Records per chunk (CSV, JSON, Flowise; NDJSON goes by BLOCK): large enough
+# that a statement's fixed costs (a round trip, handing a chunk to the parsing
+# process) vanish, small enough that a chunk stays a megabyte or two.
+CHUNK = 4000
 EXTENSIONS = {".ndjson": "ndjson", ".jsonl": "ndjson", ".csv": "csv", ".json": "json"}
 FIELDS = ("id", "name", "email", "phone", "chatflowid", "chatId", "createdDate")
 # Our CSV export puts a `'` before a cell that a spreadsheet would run as a
@@ -62,6 +62,8 @@ SQLITE_CACHE_KIB = 128 * 1024
 # is this old (see Importer._writer).
 GROUP_LEADS = 200_000
 GROUP_SECONDS = 5.0
+# NDJSON is read in blocks of this many bytes (whole lines; a chunk each).
+BLOCK = 1 << 20
 # Chunks parsing ahead of the one handed to the writer.
 PARSE_AHEAD = 2
 
@@ -71,9 +73,31 @@ class UnusableInput(Exception):
 
 
 # A record: its position (line, index or row number) and its object, or why it
-# is not one ("is not valid JSON"), or an NDJSON line still to decode (bytes:
-# decoded by `prepare`, in the parsing process).
+# is not one ("is not valid JSON"), or an NDJSON line still to decode.
 Record = tuple[int, Mapping[str, Any] | str | bytes]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Lines:
+    """NDJSON as read: whole lines, undecoded, and the first one's number. The
+    reading process passes bytes along; the parsing process splits them."""
+
+    first: int
+    data: bytes
+
+    def records(self) -> list[Record]:
+        lines = self.data.split(b"\n")
+        if not lines[-1]:
+            lines.pop()  # after the last newline
+        return [
+            (number, line)
+            for number, line in enumerate(lines, self.first)
+            if line and not line.isspace()  # a blank line is no record
+        ]
+
+
+# What a source yields at a time: records, or NDJSON lines.
+Chunk = list[Record] | Lines
 
 
 # -- Sources ---------------------------------------------------------------------
@@ -89,7 +113,7 @@ class Source:
     async def open(self) -> None:
         return None
 
-    def chunks(self) -> AsyncGenerator[list[Record], None]:
+    def chunks(self) -> AsyncGenerator[Chunk, None]:
         raise NotImplementedError
 
     async def close(self) -> None:
@@ -128,8 +152,8 @@ class FileSource(Source):
         self.naming = "element" if fmt == "json" else "line"
         self.binary: IO[bytes] | None = None
         self.text: io.TextIOWrapper | None = None
-        self.lines: Iterator[list[Record]] | None = None
-        self.first: list[Record] | None = None
+        self.lines: Iterator[Chunk] | None = None
+        self.first: Chunk | None = None
 
     def _binary(self) -> IO[bytes]:
         if self.path == "-":
@@ -167,7 +191,7 @@ class FileSource(Source):
                 raise UnusableInput(f"cannot read {self.path}: {exc}") from None
             raise
 
-    async def chunks(self) -> AsyncGenerator[list[Record], None]:
+    async def chunks(self) -> AsyncGenerator[Chunk, None]:
         assert self.lines is not None
         try:
             if self.first is not None:
@@ -190,18 +214,20 @@ NOT_JSON = "is not valid JSON"
 NOT_OBJECT = "is not a JSON object"
 
 
-def _ndjson(stream: IO[bytes]) -> Iterator[list[Record]]:
-    """The lines as they are (`prepare` decodes them), blank ones left out."""
-    chunk: list[Record] = []
-    for number, line in enumerate(stream, 1):
-        if line.isspace():  # a blank line is no record
-            continue
-        chunk.append((number, line))
-        if len(chunk) == CHUNK:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
+def _ndjson(stream: IO[bytes]) -> Iterator[Chunk]:
+    """Blocks of about BLOCK bytes, cut after a newline; `prepare` splits and
+    decodes them (the reading process never makes an object per line)."""
+    number, rest = 1, bytearray()
+    while block := stream.read(BLOCK):
+        rest += block
+        end = rest.rfind(b"\n") + 1
+        if end:
+            data = bytes(rest[:end])
+            del rest[:end]
+            yield Lines(number, data)
+            number += data.count(b"\n")
+    if rest:
+        yield Lines(number, bytes(rest))
 
 
 def _decode(number: int, line: bytes) -> Mapping[str, Any] | str:
@@ -385,7 +411,7 @@ class FlowiseSQLite(Source):
             raise
         return connection
 
-    async def chunks(self) -> AsyncGenerator[list[Record], None]:
+    async def chunks(self) -> AsyncGenerator[Chunk, None]:
         assert self.connection is not None
         columns = ", ".join(f'"{name}"' for name in FIELDS)
         try:
@@ -480,7 +506,7 @@ class FlowisePostgres(Source):
         selected = [f'"{name}"::text' for name in FIELDS[:-1]] + [created]
         self.sql = f"SELECT {', '.join(selected)} FROM lead"
 
-    async def chunks(self) -> AsyncGenerator[list[Record], None]:
+    async def chunks(self) -> AsyncGenerator[Chunk, None]:
         connection = self.connection
         try:
             async with connection.transaction(
@@ -591,11 +617,12 @@ class Progress:
 
 @dataclasses.dataclass(slots=True)
 class _Batch:
-    """A chunk, validated: its leads as rows to insert (`bulk.as_row`), each
-    row's position, the fields the import filled in by row (no chatId or
-    createdDate given: a re-run compares only what the record gives), and the
-    reports of its invalid records, in order."""
+    """A chunk, validated: how many records it held, its leads as rows to insert
+    (`bulk.as_row`), each row's position, the fields the import filled in by row
+    (no chatId or createdDate given: a re-run compares only what the record
+    gives), and the reports of its invalid records, in order."""
 
+    records: int
     rows: list[tuple[Any, ...]]
     positions: list[int]
     filled: dict[int, tuple[str, ...]]
@@ -660,15 +687,16 @@ def _dialect(drivername: str) -> Dialect:
     return make_url(f"{drivername}://").get_dialect()()
 
 
-def prepare(chunk: list[Record], naming: str, drivername: str, strict: bool) -> _Batch:
+def prepare(chunk: Chunk, naming: str, drivername: str, strict: bool) -> _Batch:
     """Validate a chunk as creates and make its rows (for the database named by
     its SQLAlchemy driver name). Runs in the parsing process (`_Parser`); with
     --strict it stops at the first invalid record."""
     now = datetime.now(UTC)
     created_date = statements.created_date_in(_dialect(drivername))
     plain = LeadCreate.parse_plain
-    batch = _Batch([], [], {}, [])
-    for position, record in chunk:
+    records = chunk.records() if isinstance(chunk, Lines) else chunk
+    batch = _Batch(len(records), [], [], {}, [])
+    for position, record in records:
         data = _decode(position, record) if isinstance(record, bytes) else record
         if isinstance(data, str):
             batch.invalid.append((position, f"{label(naming, position, data)}: {data}"))
@@ -700,34 +728,41 @@ def _ignore_interrupts() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
+def _ready() -> None:
+    """Runs in the parsing process once it has imported this module."""
+
+
 class _Parser:
-    """Runs `prepare`: the first chunk in this process (a small import starts no
-    other), the next ones in a second process, so that validating runs on one
-    core while the database writes on another (one process would share one
-    GIL between them: a million leads took 28 s instead of 19-21)."""
+    """Runs `prepare` in a second process, so that validating runs on one core
+    while the database writes on another (in one process they share one GIL: a
+    million leads took 28 s instead of 18-21). The second chunk starts that
+    process; until it is ready (imports take most of a second), chunks are
+    validated here, so a small import starts none and a large one never waits."""
 
     def __init__(self, naming: str, drivername: str, strict: bool) -> None:
         self.args = (naming, drivername, strict)
+        self.submitted = 0
         self.pool: ProcessPoolExecutor | None = None
-        self.started = False
+        self.ready: Future[None] | None = None
 
-    def submit(self, chunk: list[Record]) -> asyncio.Future[_Batch]:
-        if not self.started:
-            self.started = True
-            done: asyncio.Future[_Batch] = asyncio.get_running_loop().create_future()
-            try:
-                done.set_result(prepare(chunk, *self.args))
-            except Exception as exc:
-                done.set_exception(exc)
-            return done
-        if self.pool is None:
+    def submit(self, chunk: Chunk) -> asyncio.Future[_Batch]:
+        self.submitted += 1
+        if self.submitted == 2:
             # spawn, not fork: this process runs threads (the database driver's).
             self.pool = ProcessPoolExecutor(
                 1,
                 mp_context=multiprocessing.get_context("spawn"),
                 initializer=_ignore_interrupts,
             )
-        return asyncio.wrap_future(self.pool.submit(prepare, chunk, *self.args))
+            self.ready = self.pool.submit(_ready)
+        if self.pool is not None and self.ready is not None and self.ready.done():
+            return asyncio.wrap_future(self.pool.submit(prepare, chunk, *self.args))
+        done: asyncio.Future[_Batch] = asyncio.get_running_loop().create_future()
+        try:
+            done.set_result(prepare(chunk, *self.args))
+        except Exception as exc:
+            done.set_exception(exc)
+        return done
 
     def close(self) -> None:
         if self.pool is not None:
@@ -821,9 +856,7 @@ class Importer:
                 break
             if attempt == 2:
                 raise RuntimeError("leads were deleted while the import stored them")
-            stored = await bulk.insert_many(
-                driver, [leads[n] for n in todo], announce=False
-            )
+            stored = await bulk.insert_rows(driver, [batch.rows[n] for n in todo])
             outcome.stored += sum(stored)
             skipped = [n for n, done in zip(todo, stored, strict=True) if not done]
             if not skipped:
@@ -885,15 +918,14 @@ class Importer:
 
     async def _forward(
         self,
-        parsed: tuple[int, asyncio.Future[_Batch]],
+        parsing: asyncio.Future[_Batch],
         queue: asyncio.Queue[_Batch | None],
         writer: asyncio.Future[None],
     ) -> bool:
         """Hand a parsed chunk to the writer; False when nothing more is to be
         read (the writer stopped, or --strict met an invalid record)."""
-        records, parsing = parsed
         batch = await parsing
-        self.summary.read += records
+        self.summary.read += batch.records
         if not await _hand_over(queue, batch, writer):
             return False
         self.progress.show(self.summary, self.pending)
@@ -906,7 +938,7 @@ class Importer:
         queue: asyncio.Queue[_Batch | None] = asyncio.Queue(maxsize=2)
         writer = asyncio.ensure_future(self._writer(driver, queue))
         parser = _Parser(self.source.naming, driver.engine.url.drivername, self.strict)
-        parsing: collections.deque[tuple[int, asyncio.Future[_Batch]]]
+        parsing: collections.deque[asyncio.Future[_Batch]]
         parsing = collections.deque()
         broken: Exception | None = None
         more = True
@@ -918,7 +950,7 @@ class Importer:
                         if writer.done():
                             more = False
                             break
-                        parsing.append((len(chunk), parser.submit(chunk)))
+                        parsing.append(parser.submit(chunk))
                         if len(parsing) > PARSE_AHEAD:
                             more = await self._forward(parsing.popleft(), queue, writer)
                             if not more:
@@ -935,7 +967,7 @@ class Importer:
             if broken is not None:
                 raise broken
         finally:
-            for _, left in parsing:
+            for left in parsing:
                 left.cancel()
             parser.close()
             if not writer.done():

@@ -8,10 +8,12 @@ import asyncio
 import contextlib
 import io
 import json
+import multiprocessing
 import sqlite3
 import subprocess
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -336,18 +338,18 @@ def test_a_mixed_ndjson_file_through_the_command(
     assert stored(database_url) == leads
 
 
-def test_chunks_validated_in_the_parsing_process(
+def test_records_across_chunks_and_transactions(
     tmp_path: Path, database_url: str, run: Run, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Two records a chunk: the first chunk is validated here, the others in the
-    parsing process; repeats and conflicts across chunks and transactions are
-    found as in one chunk, and reported in file order."""
-    monkeypatch.setattr(importer, "CHUNK", 2)
+    """A line or two a chunk: repeats and conflicts across chunks and
+    transactions are found as in one chunk, blank lines are no records, and
+    reports come in file order with their line numbers."""
+    monkeypatch.setattr(importer, "BLOCK", 300)
     monkeypatch.setattr(importer, "GROUP_LEADS", 3)
     a, b, d, bad = lead(), lead(name="Grace"), lead(name="Dan"), lead(phone="12")
     c = {k: v for k, v in lead(name="Carl").items() if k != "chatId"}
     path = tmp_path / "leads.ndjson"
-    path.write_bytes(ndjson(a, b, bad, a, {**b, "name": "Other"}, c, b"{", d, c))
+    path.write_bytes(ndjson(a, b, bad, a, b" ", {**b, "name": "Other"}, c, b"{", d, c))
     status, out, err = run(database_url, str(path))
     assert status == 1
     assert summary(out) == {
@@ -355,14 +357,37 @@ def test_chunks_validated_in_the_parsing_process(
     }  # fmt: skip
     assert [line.split(":")[0] for line in err.splitlines()] == [
         f"line 3 (id {bad['id']})",
-        f"line 5 (id {b['id']})",
-        "line 7",
+        f"line 6 (id {b['id']})",
+        "line 8",
     ]
     assert set(stored(database_url)) == {a["id"], b["id"], c["id"], d["id"]}
     status, out, _ = run(database_url, str(path))
     assert summary(out) == {
         "read": 9, "stored": 0, "already present": 6, "conflicting": 1, "invalid": 2,
     }  # fmt: skip
+
+
+def test_the_parsing_process_validates_as_this_one_does() -> None:
+    """`prepare` in a spawned process (as `leads-gql import` runs it for every
+    chunk after the first few) gives what it gives here."""
+    records = [lead(), lead(phone="12"), {**lead(), "chatId": None}, b"[1]"]
+    lines = importer.Lines(7, ndjson(*records[:2], b"", *records[2:]))
+    args = (lines, "line", "sqlite+aiosqlite", False)
+    here = importer.prepare(*args)
+    with ProcessPoolExecutor(
+        1, mp_context=multiprocessing.get_context("spawn")
+    ) as pool:
+        there = pool.submit(importer.prepare, *args).result(timeout=60)
+    assert (there.records, there.positions, there.invalid, there.filled) == (
+        here.records, here.positions, here.invalid, here.filled,
+    )  # fmt: skip
+    assert here.records == 4 and here.positions == [7, 10]
+    assert [position for position, _ in here.invalid] == [8, 11]
+    # The rows differ only in the chat id made up for the record without one.
+    assert [row[:5] + row[6:] for row in there.rows] == [
+        row[:5] + row[6:] for row in here.rows
+    ]
+    assert here.filled == {1: ("chat_id",)}
 
 
 def test_a_clean_file_exits_zero_and_strict_stores_everything(
@@ -457,7 +482,7 @@ def test_strict_stores_nothing_unless_every_record_passes(
 ) -> None:
     """Small chunks and transactions, so that the refused record comes after
     several chunks were written (and would have been committed without --strict)."""
-    monkeypatch.setattr(importer, "CHUNK", 3)
+    monkeypatch.setattr(importer, "BLOCK", 600)
     monkeypatch.setattr(importer, "GROUP_LEADS", 4)
     leads = [lead(name=f"Lead {n}") for n in range(10)]
     path = tmp_path / "leads.ndjson"

@@ -8,7 +8,7 @@ import sqlite3
 import uuid
 import warnings
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -315,3 +315,28 @@ async def test_erasure_and_retention_find_leads_by_index(engine: AsyncEngine) ->
                 assert names[index] in plan, (name, plan)
         if not driver.sqlite:
             await driver.connection.execute("RESET enable_seqscan")
+
+
+def test_the_sqlite_instant_text_is_sqlalchemy_s() -> None:
+    """`created_date_in` writes UTC instants itself on SQLite: the same text as
+    SQLAlchemy's DATETIME, which stored leads and their order rely on."""
+    from sqlalchemy.dialects.sqlite import aiosqlite
+
+    from leads_gql.store import statements
+
+    dialect = aiosqlite.dialect()
+    ours = statements.created_date_in(dialect)
+    theirs = Lead.__table__.c.created_date.type.dialect_impl(dialect).bind_processor(  # type: ignore[attr-defined]
+        dialect
+    )
+    plus_two = timezone(timedelta(hours=2))
+    for value in (
+        datetime(2024, 8, 24, 14, 15, 22, tzinfo=UTC),
+        datetime(2024, 8, 24, 14, 15, 22, 5, tzinfo=UTC),
+        datetime(1, 1, 1, tzinfo=UTC),
+        datetime(999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC),
+        datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC),
+        datetime(2024, 8, 24, 16, 15, 22, 120000, tzinfo=plus_two),
+        datetime.fromisoformat("2024-08-24T14:15:22.123Z"),
+    ):
+        assert ours(value) == theirs(value)

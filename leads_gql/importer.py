@@ -24,9 +24,11 @@ import functools
 import io
 import json
 import multiprocessing
+import os
 import signal
 import sqlite3
 import sys
+import threading
 import time
 from collections.abc import AsyncGenerator, Iterator, Mapping
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -723,9 +725,18 @@ def prepare(chunk: Chunk, naming: str, drivername: str, strict: bool) -> _Batch:
     return batch
 
 
-def _ignore_interrupts() -> None:
-    # Ctrl-C reaches the whole process group: the importer stops the parser.
+def _parsing_process(importer: int) -> None:
+    """Set up the parsing process: Ctrl-C reaches the whole process group, and
+    the importer stops this process itself; an importer killed outright cannot,
+    so this process ends once it is gone (it would wait for chunks forever)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    threading.Thread(target=_end_with, args=(importer,), daemon=True).start()
+
+
+def _end_with(importer: int) -> None:
+    while os.getppid() == importer:
+        time.sleep(0.5)
+    os._exit(1)
 
 
 def _ready() -> None:
@@ -752,7 +763,8 @@ class _Parser:
             self.pool = ProcessPoolExecutor(
                 1,
                 mp_context=multiprocessing.get_context("spawn"),
-                initializer=_ignore_interrupts,
+                initializer=_parsing_process,
+                initargs=(os.getpid(),),
             )
             self.ready = self.pool.submit(_ready)
         if self.pool is not None and self.ready is not None and self.ready.done():

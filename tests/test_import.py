@@ -11,6 +11,7 @@ import json
 import multiprocessing
 import sqlite3
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -521,6 +522,55 @@ def test_standard_input(tmp_path: Path, database_url: str) -> None:
     )  # fmt: skip
     assert headless.returncode == 2
     assert headless.stderr.count(b"\n") == 1 and b"Traceback" not in headless.stderr
+
+
+def _children(pid: int) -> set[int]:
+    found: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").glob("*/children"):
+        with contextlib.suppress(OSError):
+            found |= {int(child) for child in task.read_text().split()}
+    return found
+
+
+def _running(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has ended
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux /proc")
+def test_a_killed_import_leaves_no_process_behind(
+    tmp_path: Path, database_url: str
+) -> None:
+    """SIGKILL the importer while its parsing process works: that process ends
+    too (it would otherwise wait for chunks forever)."""
+    path = tmp_path / "many.ndjson"
+    path.write_bytes(ndjson(*(lead(name=f"Lead {n}") for n in range(60_000))))
+    env = cli_env(LEADS_DATABASE_URL=plain_url(database_url))
+    importing = subprocess.Popen(
+        [*CLI, "import", str(path)], cwd=tmp_path, env=env,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        children: set[int] = set()
+        while not children and importing.poll() is None:
+            assert time.monotonic() < deadline, "no parsing process started"
+            time.sleep(0.02)
+            children = _children(importing.pid)
+        importing.kill()
+        importing.wait(10)
+        assert children
+        deadline = time.monotonic() + 10
+        while any(_running(child) for child in children):
+            assert time.monotonic() < deadline, "the parsing process outlived it"
+            time.sleep(0.1)
+    finally:
+        importing.kill()
+        importing.wait(10)
 
 
 def test_unusable_input_is_refused_before_the_database_is_touched(

@@ -62,7 +62,7 @@ MAX_ELEMENT = 1 << 20
 SQLITE_CACHE_KIB = 128 * 1024
 # Without --strict, a transaction is committed once it holds this many leads or
 # is this old (see Importer._writer).
-GROUP_LEADS = 200_000
+GROUP_LEADS = 400_000
 GROUP_SECONDS = 5.0
 # NDJSON is read in blocks of this many bytes (whole lines; a chunk each).
 BLOCK = 1 << 20

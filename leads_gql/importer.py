@@ -746,9 +746,10 @@ def _ready() -> None:
 class _Parser:
     """Runs `prepare` in a second process, so that validating runs on one core
     while the database writes on another (in one process they share one GIL: a
-    million leads took 28 s instead of 19-21 when measured). The second chunk starts that
-    process; until it is ready (imports take most of a second), chunks are
-    validated here, so a small import starts none and a large one never waits."""
+    million leads took 28 s instead of 19-21 when measured). The second chunk
+    starts that process; until it is ready (imports take most of a second),
+    chunks are validated here, so a small import starts none and a large one
+    never waits."""
 
     def __init__(self, naming: str, drivername: str, strict: bool) -> None:
         self.args = (naming, drivername, strict)

@@ -18,6 +18,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import httpx
 import orjson
 import pytest
 from hypothesis import (
@@ -34,7 +35,7 @@ from leads_gql.errors import InvalidInput
 from leads_gql.models import Lead, LeadCreate, lead_to_dict
 from leads_gql.store import db
 from tests.conftest import PG_SKIP, _pg_admin, new_id, pg_url_for
-from tests.server import CLI, cli_env, run_cli
+from tests.server import CLI, Server, cli_env, run_cli
 
 FLOW = "3fa85f64-5717-4562-b3fc-2c963f66afa6"
 # Flowise 3.1.2's own DDL (its migrations AddLead1710832117612 and
@@ -571,6 +572,45 @@ def test_a_killed_import_leaves_no_process_behind(
     finally:
         importing.kill()
         importing.wait(10)
+
+
+@pytest.mark.slow
+def test_a_running_server_keeps_creating_during_an_import(tmp_path: Path) -> None:
+    """On SQLite the import holds the write lock a transaction at a time (about
+    GROUP_SECONDS at most): creates sent to the running server meanwhile wait
+    for it, then are stored."""
+    env = cli_env()  # both on ./leads.db, the server's development secret
+    path = tmp_path / "many.ndjson"
+    path.write_bytes(ndjson(*(lead(name=f"Lead {n}") for n in range(150_000))))
+    flow = new_id()
+    with Server(tmp_path, env, "--log-level", "warning") as server:
+        token = run_cli("token", "--scope", "leads:write", cwd=tmp_path, env=env)
+        headers = {"Authorization": f"Bearer {token.stdout.strip()}"}
+        importing = subprocess.Popen(
+            [*CLI, "import", str(path)], cwd=tmp_path, env=env,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        waits: list[float] = []
+        try:
+            with httpx.Client(base_url=server.url, headers=headers) as client:
+                while importing.poll() is None:
+                    start = time.monotonic()
+                    answer = client.post(
+                        "/leads", json={"chatflowid": flow, "name": "Live"}, timeout=30
+                    )
+                    waits.append(time.monotonic() - start)
+                    assert answer.status_code == 200, answer.text
+                    time.sleep(0.05)
+            out, err = importing.communicate(timeout=60)
+        finally:
+            importing.kill()
+            importing.wait(10)
+    assert importing.returncode == 0, err
+    assert summary(out)["stored"] == 150_000
+    assert len(waits) > 10 and max(waits) < importer.GROUP_SECONDS + 3
+    with contextlib.closing(sqlite3.connect(tmp_path / "leads.db")) as conn:
+        (count,) = conn.execute("SELECT count(*) FROM lead").fetchone()
+    assert count == 150_000 + len(waits)
 
 
 def test_unusable_input_is_refused_before_the_database_is_touched(

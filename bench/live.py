@@ -1000,15 +1000,7 @@ def markdown(result: dict[str, Any]) -> str:
 
 
 def run_postgres(args: argparse.Namespace, token: str, workdir: Path) -> dict[str, Any]:
-    asyncio.run(
-        harness.pg_admin(
-            args.pg,
-            f"DROP DATABASE IF EXISTS {PG_DB} WITH (FORCE)",
-            f"CREATE DATABASE {PG_DB}",
-        )  # fmt: skip
-    )
-    harness.CREATED_PG.append(PG_DB)
-    url = harness.pg_dsn(args.pg, PG_DB)
+    url = harness.fresh_pg(args.pg, PG_DB)
     harness.migrate(url, args.secret, workdir)
     env = {**harness.service_env(url, args.secret), **LIMITS}
     servers = [start_server(n, env, workdir) for n in ("A", "B", "C")]

@@ -17,7 +17,6 @@ target fails. Servers on 127.0.0.1, stopped at the end; databases dropped.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import statistics
@@ -56,16 +55,7 @@ def measure(db: str, args: argparse.Namespace, workdir: Path, tree: Path) -> Any
     if db == "sqlite":
         urls = {name: f"sqlite:///{workdir}/{name}.db" for name in ("now", "before")}
     else:
-        for name in PG_DATABASES.values():
-            asyncio.run(
-                harness.pg_admin(
-                    args.pg,
-                    f"DROP DATABASE IF EXISTS {name} WITH (FORCE)",
-                    f"CREATE DATABASE {name}",
-                )
-            )
-            harness.CREATED_PG.append(name)
-        urls = {k: harness.pg_dsn(args.pg, v) for k, v in PG_DATABASES.items()}
+        urls = {k: harness.fresh_pg(args.pg, v) for k, v in PG_DATABASES.items()}
     servers = {
         "now": server(f"now-{db}", urls["now"], args, workdir, None),
         "before": server(f"before-{db}", urls["before"], args, workdir, tree),

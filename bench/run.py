@@ -426,11 +426,7 @@ def prepare(db: str, size: str, args: argparse.Namespace, workdir: Path) -> Data
         seconds = datasets.load_sqlite(str(path), n_leads, n_flows)
         return Dataset(db, size, url, str(path), seconds, verify_sqlite(path))
     name = f"leads_bench_{size}"
-    asyncio.run(
-        pg_admin(args.pg, f"DROP DATABASE IF EXISTS {name}", f"CREATE DATABASE {name}")
-    )
-    CREATED_PG.append(name)
-    dsn = pg_dsn(args.pg, name)
+    dsn = fresh_pg(args.pg, name)
     migrate(dsn, secret, workdir)
     seconds = asyncio.run(datasets.load_postgres(dsn, n_leads, n_flows))
     return Dataset(
@@ -439,6 +435,20 @@ def prepare(db: str, size: str, args: argparse.Namespace, workdir: Path) -> Data
 
 
 CREATED_PG: list[str] = []
+
+
+def fresh_pg(admin: str, name: str) -> str:
+    """Database `name`, empty (dropped first if it was left over), dropped again
+    by `drop_pg`; its DSN."""
+    asyncio.run(
+        pg_admin(
+            admin,
+            f"DROP DATABASE IF EXISTS {name} WITH (FORCE)",
+            f"CREATE DATABASE {name}",
+        )
+    )
+    CREATED_PG.append(name)
+    return pg_dsn(admin, name)
 
 
 def pg_sessions(admin: str, database: str) -> Callable[[], int]:

@@ -207,15 +207,7 @@ def postgres_creates(
     bench: harness.Bench, args: argparse.Namespace, workdir: Path
 ) -> dict[str, Any]:
     """leads-gql on PostgreSQL against the bare asyncpg insert, one fresh database."""
-    asyncio.run(
-        harness.pg_admin(
-            args.pg,
-            f"DROP DATABASE IF EXISTS {PG_CREATE_DB}",
-            f"CREATE DATABASE {PG_CREATE_DB}",
-        )
-    )
-    harness.CREATED_PG.append(PG_CREATE_DB)
-    dsn = harness.pg_dsn(args.pg, PG_CREATE_DB)
+    dsn = harness.fresh_pg(args.pg, PG_CREATE_DB)
     service = leads_gql_server("svc-postgres", dsn, args, workdir)
     service.start()
     service.wait_ready()  # `serve` migrates first: the ceiling needs the table
@@ -438,18 +430,7 @@ def imports(db: str, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         tag = f"{n // 1000}k" if n < 1_000_000 else f"{n // 1_000_000}m"
         path = workdir / f"import-{tag}.db"
         name = f"leads_writes_import_{tag}"
-        if db == "sqlite":
-            url = f"sqlite:///{path}"
-        else:
-            asyncio.run(
-                harness.pg_admin(
-                    args.pg,
-                    f"DROP DATABASE IF EXISTS {name}",
-                    f"CREATE DATABASE {name}",
-                )
-            )
-            harness.CREATED_PG.append(name)
-            url = harness.pg_dsn(args.pg, name)
+        url = f"sqlite:///{path}" if db == "sqlite" else harness.fresh_pg(args.pg, name)
         harness.migrate(url, args.secret, workdir)
 
         def count() -> int:

@@ -6,7 +6,6 @@ import contextlib
 import gc
 import logging
 from collections.abc import AsyncIterator
-from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -18,7 +17,7 @@ from starlette.routing import Route, WebSocketRoute
 from leads_gql import __version__
 from leads_gql.auth import TokenVerifier
 from leads_gql.config import Settings
-from leads_gql.errors import LeadsError
+from leads_gql.errors import LeadsError, error_body
 from leads_gql.limits import WriteLimits
 from leads_gql.paging import Cursors
 from leads_gql.retention import Retention
@@ -36,10 +35,6 @@ from leads_gql.web.schema import make_schema
 from leads_gql.web.subscriptions import Limits as LiveLimits, LiveEndpoint
 
 logger = logging.getLogger("leads_gql")
-
-
-def error_body(status: int, message: str, **extra: Any) -> dict[str, Any]:
-    return {"statusCode": status, "message": message, **extra}
 
 
 async def leads_error(request: Request, exc: Exception) -> Response:

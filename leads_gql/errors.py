@@ -44,11 +44,16 @@ class LeadsError(Exception):
         return {}
 
     def rest_body(self) -> dict[str, object]:
-        """REST's error object: {statusCode, message}; a 422 lists its fields."""
-        body: dict[str, object] = {"statusCode": self.status, "message": self.message}
+        """REST's error object (`error_body`); a 422 lists its fields."""
+        body = error_body(self.status, self.message)
         if self.status == 422 and isinstance(self, InvalidInput):
             body["errors"] = self.errors
         return body
+
+
+def error_body(status: int, message: str) -> dict[str, object]:
+    """REST's error object, for every error status: {statusCode, message}."""
+    return {"statusCode": status, "message": message}
 
 
 class BadRequest(LeadsError):

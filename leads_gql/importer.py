@@ -768,7 +768,8 @@ class _Parser:
                 initargs=(os.getpid(),),
             )
             self.ready = self.pool.submit(_ready)
-        if self.pool is not None and self.ready is not None and self.ready.done():
+        if self.ready is not None and self.ready.done():
+            assert self.pool is not None  # started with `ready`
             return asyncio.wrap_future(self.pool.submit(prepare, chunk, *self.args))
         done: asyncio.Future[_Batch] = asyncio.get_running_loop().create_future()
         try:
@@ -836,14 +837,14 @@ class Importer:
         if outcome.stored == len(stored):
             return outcome
         # Some were stored already (a re-run): the same lead, or another?
-        created_date = statements.created_date_out(driver.dialect)
-        leads = [
-            StoredLead(
-                row[0], row[1], row[2], row[3], row[4], row[5], created_date(row[6])
-            )
-            for row in batch.rows
-        ]
         skipped = [n for n, done in enumerate(stored) if not done]
+        created_date = statements.created_date_out(driver.dialect)
+        leads = {}
+        for n in skipped:
+            lead_id, name, email, phone, flow, chat_id, created = batch.rows[n][:7]
+            leads[n] = StoredLead(
+                lead_id, name, email, phone, flow, chat_id, created_date(created)
+            )
         for attempt in range(3):
             found = await bulk.stored_by_ids(driver, [leads[n].id for n in skipped])
             todo = []
@@ -945,9 +946,9 @@ class Importer:
         return not (self.strict and batch.invalid)
 
     async def _pipeline(self, driver: db.Driver) -> None:
-        """Read and parse the next chunks while the current ones are written: a
-        few chunks parsing, two waiting and two being written at most, so memory
-        stays flat."""
+        """Read and parse the next chunks while the current one is written: a
+        few chunks parsing (PARSE_AHEAD), two waiting and one being written at
+        most, so memory stays flat."""
         queue: asyncio.Queue[_Batch | None] = asyncio.Queue(maxsize=2)
         writer = asyncio.ensure_future(self._writer(driver, queue))
         parser = _Parser(self.source.naming, driver.engine.url.drivername, self.strict)

@@ -98,9 +98,8 @@ async def insert_many(
             _sqlite_insert(len(rows)), values
         )
     else:
-        columns = [list(column) for column in zip(*rows, strict=True)]
         sql = INSERT_MANY_ANNOUNCED if announce else INSERT_MANY
-        returned = await driver.connection.fetch(sql, *columns)
+        returned = await driver.connection.fetch(sql, *_columns(rows))
     stored = _claimed([lead.id for lead in leads], {row[0] for row in returned})
     if announce and driver.sqlite:
         for lead, was_stored in zip(leads, stored, strict=True):
@@ -132,9 +131,13 @@ async def insert_rows(driver: db.Driver, rows: Sequence[tuple[Any, ...]]) -> lis
             "SELECT id FROM lead WHERE rowid > ?", (before,)
         )
     else:
-        columns = [list(column) for column in zip(*rows, strict=True)]
-        returned = await connection.fetch(INSERT_MANY, *columns)
+        returned = await connection.fetch(INSERT_MANY, *_columns(rows))
     return _claimed([row[0] for row in rows], {row[0] for row in returned})
+
+
+def _columns(rows: Sequence[tuple[Any, ...]]) -> list[list[Any]]:
+    """PostgreSQL's bound values: one array per column (`_POSTGRES_ROWS`)."""
+    return [list(column) for column in zip(*rows, strict=True)]
 
 
 def _claimed(ids: Sequence[str], inserted: set[str]) -> list[bool]:

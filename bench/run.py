@@ -797,6 +797,19 @@ def service_commit() -> str:
     return sh(f"git -C {ROOT} rev-parse --short HEAD") + (" (dirty)" if dirty else "")
 
 
+def cpu_reference() -> float:
+    """Seconds a fixed loop of Python takes here (the best of three): one core's
+    speed, so that figures recorded on different machines can be told apart
+    from what the code changed (the same code imported a million leads into
+    SQLite in 16 s on one machine and in 31 s on the next)."""
+    best = float("inf")
+    for _ in range(3):
+        start = time.perf_counter()
+        sum(range(10_000_000))
+        best = min(best, time.perf_counter() - start)
+    return round(best, 3)
+
+
 def machine() -> dict[str, Any]:
     versions = {}
     for dist in (
@@ -809,6 +822,7 @@ def machine() -> dict[str, Any]:
     return {
         "nproc": sh("nproc"),
         "cpu": sh("lscpu | sed -n 's/^Model name: *//p' | head -1"),
+        "cpu_reference_s": cpu_reference(),
         "memory": sh('free -h | awk \'/^Mem:/ {print $2 " total, " $7 " available"}\''),
         "kernel": platform.release(),
         "python": platform.python_version(),

@@ -418,6 +418,93 @@ def count_postgres(dsn: str) -> int:
     return asyncio.run(count())
 
 
+def database_rate(db: str, url: str, data: Path, count: int) -> dict[str, Any]:
+    """The database's own rate for the import's writes: the file's rows, made
+    beforehand by the importer's own `prepare` (not timed), stored as the importer
+    stores them (`bulk.insert_rows`, GROUP_LEADS leads a transaction, `count`
+    connections, each its `_shares`), with nothing else to do. The importer's
+    rate over this one is what validating, in the same two cores, costs it."""
+    from leads_gql import importer
+    from leads_gql.config import Settings, database_url
+    from leads_gql.store import bulk, db as store
+
+    driver_name = "sqlite+aiosqlite" if db == "sqlite" else "postgresql+asyncpg"
+    with data.open("rb") as stream:
+        batches = [
+            importer.prepare(chunk, "line", driver_name, False)
+            for chunk in importer._ndjson(stream)
+        ]
+    leads = sum(len(batch.rows) for batch in batches)
+
+    async def store_all() -> float:
+        engine = store.make_engine(Settings(database_url=database_url(url)))
+        try:
+            async with contextlib.AsyncExitStack() as scope:
+                drivers = [
+                    await scope.enter_async_context(store.driver_scope(engine))
+                    for _ in range(count)
+                ]
+                if db == "sqlite":
+                    await drivers[0].connection.execute(
+                        f"PRAGMA cache_size = -{importer.SQLITE_CACHE_KIB}"
+                    )
+                transactions = [importer._Transaction(d) for d in drivers]
+                start, pending = time.perf_counter(), 0
+                for batch in batches:
+                    if pending == 0:
+                        for transaction in transactions:
+                            await transaction.begin()
+                    shares = importer._shares(batch, count)
+                    await asyncio.gather(
+                        *(
+                            bulk.insert_rows(driver, share.rows)
+                            for driver, share in zip(drivers, shares, strict=True)
+                        )
+                    )
+                    pending += len(batch.rows)
+                    if pending >= importer.GROUP_LEADS or batch is batches[-1]:
+                        for transaction in transactions:
+                            await transaction.commit()
+                        pending = 0
+                return time.perf_counter() - start
+        finally:
+            await engine.dispose()
+
+    seconds = asyncio.run(store_all())
+    return {"leads": leads, "connections": count, "seconds": seconds,
+            "rate": leads / seconds}  # fmt: skip
+
+
+def own_rates(
+    db: str, args: argparse.Namespace, workdir: Path, data: Path, rate: float
+) -> list[dict[str, Any]]:
+    """`database_rate` into a fresh database: through the importer's number of
+    connections and, on PostgreSQL, through one as well (what a second backend
+    adds where the database has a core for it)."""
+    from leads_gql import importer
+
+    counts = [1] if db == "sqlite" else sorted({1, importer.POSTGRES_WRITERS})
+    rates = []
+    for count in counts:
+        bare = workdir / "import-bare.db"
+        name = "leads_writes_import_bare"
+        url = f"sqlite:///{bare}" if db == "sqlite" else harness.fresh_pg(args.pg, name)
+        harness.migrate(url, args.secret, workdir)
+        say(f"[{db}] the database's own rate: the rows made beforehand, {count} conn.")
+        own = database_rate(db, url, data, count)
+        say(
+            f"[{db}]   {own['seconds']:.1f} s, {own['rate']:,.0f} leads/s; the "
+            f"importer's rate is {rate / own['rate']:.0%} of it"
+        )
+        rates.append(own)
+        if db == "sqlite":
+            for suffix in ("", "-wal", "-shm"):
+                Path(f"{bare}{suffix}").unlink(missing_ok=True)
+        else:
+            drop_database(args.pg, name)
+    return rates
+
+
 def imports(db: str, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     """Each size into a fresh, migrated database; the smallest imported twice."""
     report: dict[str, Any] = {"db": db, "runs": []}
@@ -458,6 +545,8 @@ def imports(db: str, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                 f"stored {again['stored']:,}"
             )
         report["runs"].append(result)
+        if n == max(args.import_sizes):
+            report["database"] = own_rates(db, args, workdir, data, result["rate"])
         if db == "sqlite":
             for suffix in ("", "-wal", "-shm"):
                 Path(f"{path}{suffix}").unlink(missing_ok=True)
@@ -617,7 +706,9 @@ def markdown(result: dict[str, Any]) -> str:
         f"{args['duration']} s a run after a {args['warmup']} s warm-up, "
         f"{args['pairs']} alternating rounds; wall time "
         f"{result['wall_seconds'] / 60:.1f} min.  ",
-        f"Machine: {mach['nproc']} cores ({mach['cpu']}), memory {mach['memory']}, "
+        f"Machine: {mach['nproc']} cores ({mach['cpu']}; a fixed Python loop, "
+        f"`harness.cpu_reference`: {mach.get('cpu_reference_s')} s), "
+        f"memory {mach['memory']}, "
         f"Linux {mach['kernel']}, Python {mach['python']}, SQLite {mach['sqlite']}, "
         f"{mach['postgres']}, {mach['wrk']}, node {result['node']}, Flowise "
         f"{result['flowise']}.  ",
@@ -725,6 +816,21 @@ def markdown(result: dict[str, Any]) -> str:
                 rows,
             )  # fmt: skip
         )
+        if report.get("database"):
+            big = max(report["runs"], key=lambda r: r["leads"])
+            out += [
+                "",
+                "The database's own rate (information; `database_rate`): the same "
+                "rows, validated beforehand, stored as the importer stores them:",
+                "",
+            ]
+            for own in report["database"]:
+                share = big["rate"] / own["rate"]
+                out.append(
+                    f"- through {own['connections']} connection(s): "
+                    f"{own['leads']:,} in {own['seconds']:.1f} s, **{own['rate']:,.0f} "
+                    f"leads/s**; the importer's rate is {share:.0%} of it"
+                )
     if not result["runs"]:
         return "\n".join(out) + "\n"
     out += ["", "## Every create run", ""]

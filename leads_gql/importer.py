@@ -30,6 +30,7 @@ import sqlite3
 import sys
 import threading
 import time
+import zlib
 from collections.abc import AsyncGenerator, Iterator, Mapping
 from concurrent.futures import Future, ProcessPoolExecutor
 from datetime import UTC, datetime
@@ -64,6 +65,10 @@ SQLITE_CACHE_KIB = 128 * 1024
 # is this old (see Importer._writer).
 GROUP_LEADS = 400_000
 GROUP_SECONDS = 5.0
+# Connections storing an import into PostgreSQL at once (without --strict, whose
+# single transaction needs one): each backend runs on a core of its own, where
+# one connection leaves the database a single core (see Importer._write).
+POSTGRES_WRITERS = 2
 # NDJSON is read in blocks of this many bytes (whole lines; a chunk each).
 BLOCK = 1 << 20
 # Chunks parsing ahead of the one handed to the writer.
@@ -820,15 +825,45 @@ class _Transaction:
                 await self.postgres.rollback()
 
 
+class _Writer:
+    """One connection's share of the import: its transaction, and how many leads
+    it stored there, not committed yet."""
+
+    def __init__(self, driver: db.Driver) -> None:
+        self.driver = driver
+        self.transaction = _Transaction(driver)
+        self.pending = 0
+
+
+def _shares(batch: _Batch, count: int) -> list[_Batch]:
+    """A batch's rows split between `count` writers by a hash of the id, the
+    same in every process: a repeated id always goes to the same connection, so
+    no writer waits on a row that another holds in its open transaction (two
+    could wait on each other for ever)."""
+    if count == 1:
+        return [batch]
+    shares = [_Batch(0, [], [], {}, []) for _ in range(count)]
+    for n, row in enumerate(batch.rows):
+        share = shares[zlib.crc32(row[0].encode()) % count]
+        if n in batch.filled:
+            share.filled[len(share.rows)] = batch.filled[n]
+        share.rows.append(row)
+        share.positions.append(batch.positions[n])
+    return shares
+
+
 class Importer:
     """One import: `run` reads the source and stores what it holds."""
 
     def __init__(self, source: Source, *, strict: bool, progress: Progress) -> None:
         self.source, self.strict, self.progress = source, strict, progress
         self.summary = Summary()
-        # Stored in the open transaction, not committed yet.
-        self.pending = 0
-        self.transaction: _Transaction
+        self.writers: list[_Writer] = []
+
+    @property
+    def pending(self) -> int:
+        """Stored in the open transactions, not committed yet."""
+        return sum(writer.pending for writer in self.writers)
 
     async def _store(self, driver: db.Driver, batch: _Batch) -> _Outcome:
         """Insert the batch's leads; read back the ones that were skipped."""
@@ -889,16 +924,34 @@ class Importer:
             summary.conflicting += any(p == position for p, _ in outcome.conflicts)
             summary.stopped_at = line.split(":", 1)[0]
             raise _Stop
-        self.pending += outcome.stored
         summary.present += outcome.present
         summary.invalid += len(batch.invalid)
         summary.conflicting += len(outcome.conflicts)
         for _, line in refused:
             self.progress.report(line)
 
-    async def _writer(
-        self, driver: db.Driver, queue: asyncio.Queue[_Batch | None]
-    ) -> None:
+    async def _write(self, batch: _Batch) -> _Outcome:
+        """Store a batch: each writer its share, all at once (one statement per
+        connection); a failure of one stops the others."""
+        shares = _shares(batch, len(self.writers))
+        if len(shares) == 1:
+            outcomes = [await self._store(self.writers[0].driver, batch)]
+        else:
+            async with asyncio.TaskGroup() as group:
+                tasks = [
+                    group.create_task(self._store(writer.driver, share))
+                    for writer, share in zip(self.writers, shares, strict=True)
+                ]
+            outcomes = [task.result() for task in tasks]
+        outcome = _Outcome()
+        for writer, part in zip(self.writers, outcomes, strict=True):
+            writer.pending += part.stored
+            outcome.stored += part.stored
+            outcome.present += part.present
+            outcome.conflicts += part.conflicts
+        return outcome
+
+    async def _writer(self, queue: asyncio.Queue[_Batch | None]) -> None:
         """Store the batches: with --strict in one transaction (committed by
         `run` when every record passed); otherwise in transactions of up to
         GROUP_LEADS leads, each several statements. A transaction's commit and
@@ -907,28 +960,30 @@ class Importer:
         and again (at a million leads, 11,000 leads/s with a transaction per
         statement, four times that with these).
 
-        One statement at a time: the parsing process prepares the next batches
-        meanwhile."""
-        transaction = self.transaction
+        One statement per connection at a time: the parsing process prepares
+        the next batches meanwhile."""
+        first = self.writers[0].transaction
         if self.strict:
-            await transaction.begin()
+            await first.begin()
         while (batch := await queue.get()) is not None:
-            if not transaction.active:
-                await transaction.begin()
-            self._settle(batch, await self._store(driver, batch))
+            if not first.active:
+                for writer in self.writers:
+                    await writer.transaction.begin()
+            self._settle(batch, await self._write(batch))
             if not self.strict and (
                 self.pending >= GROUP_LEADS
-                or time.monotonic() - transaction.since >= GROUP_SECONDS
+                or time.monotonic() - first.since >= GROUP_SECONDS
             ):
                 await self._commit()
             self.progress.show(self.summary, self.pending)
-        if not self.strict and transaction.active:
+        if not self.strict and first.active:
             await self._commit()
 
     async def _commit(self) -> None:
-        await self.transaction.commit()
-        self.summary.stored += self.pending
-        self.pending = 0
+        for writer in self.writers:
+            await writer.transaction.commit()
+            self.summary.stored += writer.pending
+            writer.pending = 0
 
     async def _forward(
         self,
@@ -950,7 +1005,7 @@ class Importer:
         few chunks parsing (PARSE_AHEAD), two waiting and one being written at
         most, so memory stays flat."""
         queue: asyncio.Queue[_Batch | None] = asyncio.Queue(maxsize=2)
-        writer = asyncio.ensure_future(self._writer(driver, queue))
+        writer = asyncio.ensure_future(self._writer(queue))
         parser = _Parser(self.source.naming, driver.engine.url.drivername, self.strict)
         parsing: collections.deque[asyncio.Future[_Batch]]
         parsing = collections.deque()
@@ -994,22 +1049,27 @@ class Importer:
         With --strict, everything is rolled back unless every record was stored
         or already present."""
         start = time.monotonic()
+        sqlite = engine.dialect.name == "sqlite"
+        count = 1 if sqlite or self.strict else POSTGRES_WRITERS
         try:
-            async with db.driver_scope(engine) as driver:
-                if driver.sqlite:
+            async with contextlib.AsyncExitStack() as scope:
+                for _ in range(count):
+                    driver = await scope.enter_async_context(db.driver_scope(engine))
+                    self.writers.append(_Writer(driver))
+                if sqlite:
                     await driver.connection.execute(
                         f"PRAGMA cache_size = -{SQLITE_CACHE_KIB}"
                     )
-                self.transaction = _Transaction(driver)
                 try:
                     await self._pipeline(driver)
                     if self.strict and self.summary.stopped_at is None:
                         await self._commit()
                 finally:
-                    # Stopped, failed or interrupted: the open transaction's
+                    # Stopped, failed or interrupted: the open transactions'
                     # leads are not stored.
-                    await self.transaction.rollback()
-                    self.pending = 0
+                    for writer in self.writers:
+                        await writer.transaction.rollback()
+                        writer.pending = 0
         finally:
             self.summary.seconds = time.monotonic() - start
             self.progress.end()

@@ -9,8 +9,10 @@ import contextlib
 import io
 import json
 import multiprocessing
+import os
 import sqlite3
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -390,6 +392,88 @@ def test_the_parsing_process_validates_as_this_one_does() -> None:
         row[:5] + row[6:] for row in here.rows
     ]
     assert here.filled == {1: ("chat_id",)}
+
+
+SHARE_OF = """
+import sys
+from leads_gql import importer
+ids = sys.stdin.read().split()
+batch = importer._Batch(len(ids), [(i,) for i in ids], list(range(len(ids))), {}, [])
+for n, share in enumerate(importer._shares(batch, 2)):
+    for row in share.rows:
+        print(row[0], n)
+"""
+
+
+def test_a_batch_is_shared_between_writers_by_id() -> None:
+    """Every row goes to one writer, with its position and the fields filled in
+    for it; a repeated id always to the same writer (else two writers could wait
+    on each other's open rows), in any process whatever its hash seed."""
+    ids = [str(uuid.uuid4()) for _ in range(200)]
+    order = ids + ids[::3]  # repeats, later in the batch
+    rows = [(lead_id, "name") for lead_id in order]
+    filled = dict.fromkeys(range(0, len(order), 7), ("chat_id",))
+    batch = importer._Batch(len(order), rows, list(range(len(order))), filled, [])
+    shares = importer._shares(batch, 2)
+    assert all(len(share.rows) > 50 for share in shares)  # both get work
+    seen: dict[str, int] = {}
+    for n, share in enumerate(shares):
+        assert share.positions == sorted(share.positions)  # batch order kept
+        for k, (row, position) in enumerate(
+            zip(share.rows, share.positions, strict=True)
+        ):
+            assert row == rows[position]
+            assert share.filled.get(k) == filled.get(position)
+            assert seen.setdefault(row[0], n) == n
+    assert sorted(p for share in shares for p in share.positions) == list(
+        range(len(order))
+    )
+    assert importer._shares(batch, 1) == [batch]
+    for seed in ("1", "2"):
+        done = subprocess.run(
+            [sys.executable, "-c", SHARE_OF],
+            input=" ".join(ids),
+            capture_output=True,
+            text=True,
+            env={**os.environ, "PYTHONHASHSEED": seed},
+            check=True,
+        )
+        there = dict(line.split() for line in done.stdout.splitlines())
+        assert {lead_id: int(n) for lead_id, n in there.items()} == seen
+
+
+def test_the_connections_an_import_writes_through(
+    tmp_path: Path, database_url: str, run: Run, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without --strict, PostgreSQL stores a chunk through POSTGRES_WRITERS
+    connections at once (SQLite, and --strict's single transaction, through
+    one); repeats and conflicts are still found across them."""
+    monkeypatch.setattr(importer, "BLOCK", 2000)
+    monkeypatch.setattr(importer, "GROUP_LEADS", 25)
+    connections: set[int] = set()
+    insert_rows = importer.bulk.insert_rows
+
+    async def counted(driver: db.Driver, rows: Any) -> list[bool]:
+        connections.add(id(driver.connection))
+        return await insert_rows(driver, rows)
+
+    monkeypatch.setattr(importer.bulk, "insert_rows", counted)
+    leads = [lead() for _ in range(60)]
+    changed = {**leads[5], "name": "Someone else"}
+    path = tmp_path / "leads.ndjson"
+    path.write_bytes(ndjson(*leads, leads[0], changed, *leads[40:]))
+    status, out, err = run(database_url, str(path))
+    assert status == 1 and err.startswith("line 62 ")
+    assert summary(out) == {
+        "read": 82, "stored": 60, "already present": 21, "conflicting": 1,
+        "invalid": 0,
+    }  # fmt: skip
+    assert stored(database_url) == {x["id"]: expected(x) for x in leads}
+    postgres = database_url.startswith("postgresql")
+    assert len(connections) == (2 if postgres else 1)
+    connections.clear()
+    status, out, _ = run(database_url, "--strict", str(path))
+    assert status == 1 and len(connections) == 1
 
 
 def test_a_clean_file_exits_zero_and_strict_stores_everything(

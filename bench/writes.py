@@ -86,6 +86,15 @@ def load_average(where: str, loads: dict[str, float]) -> None:
         )
 
 
+def cpu_stolen() -> tuple[int, int]:
+    """All cores' time stolen by the hypervisor so far, and all their time
+    (/proc/stat, in ticks): a virtual machine whose host is busy runs slower,
+    which a run's own figures cannot tell from a slower program."""
+    with open("/proc/stat") as handle:
+        values = [int(v) for v in handle.readline().split()[1:]]
+    return values[7], sum(values)
+
+
 def cpu_busy(seconds: float = 3.0) -> float:
     """The share of all cores' time spent busy over `seconds` (/proc/stat)."""
 
@@ -359,7 +368,7 @@ def run_import(
     cmd = harness.leads_gql("import", "--format", "ndjson", str(path))
     stdout = log.with_suffix(".out")
     with log.open("wb") as err, stdout.open("wb") as out:
-        start = time.perf_counter()
+        start, stolen = time.perf_counter(), cpu_stolen()
         proc = subprocess.Popen(
             cmd,
             env=harness.service_env(url, args.secret),
@@ -378,6 +387,7 @@ def run_import(
         finally:
             series.stop()
         seconds = time.perf_counter() - start
+        steal, ticks = (b - a for a, b in zip(stolen, cpu_stolen(), strict=True))
     proc.returncode = os.waitstatus_to_exitcode(status)
     lines = log.read_text(errors="replace").splitlines()
     printed = stdout.read_text(errors="replace").splitlines()
@@ -392,6 +402,7 @@ def run_import(
         ],
         "user_cpu_s": usage.ru_utime,
         "sys_cpu_s": usage.ru_stime,
+        "stolen_pct": round(100 * steal / max(1, ticks), 1),
         "stderr_tail": lines[-6:],
         "stdout_tail": printed[-6:],
     }
@@ -470,9 +481,12 @@ def database_rate(db: str, url: str, data: Path, count: int) -> dict[str, Any]:
         finally:
             await engine.dispose()
 
+    stolen = cpu_stolen()
     seconds = asyncio.run(store_all())
+    steal, ticks = (b - a for a, b in zip(stolen, cpu_stolen(), strict=True))
     return {"leads": leads, "connections": count, "seconds": seconds,
-            "rate": leads / seconds}  # fmt: skip
+            "rate": leads / seconds,
+            "stolen_pct": round(100 * steal / max(1, ticks), 1)}  # fmt: skip
 
 
 def own_rates(
@@ -493,8 +507,9 @@ def own_rates(
         say(f"[{db}] the database's own rate: the rows made beforehand, {count} conn.")
         own = database_rate(db, url, data, count)
         say(
-            f"[{db}]   {own['seconds']:.1f} s, {own['rate']:,.0f} leads/s; the "
-            f"importer's rate is {rate / own['rate']:.0%} of it"
+            f"[{db}]   {own['seconds']:.1f} s, {own['rate']:,.0f} leads/s, CPU stolen "
+            f"{own['stolen_pct']} %; the importer's rate is {rate / own['rate']:.0%} "
+            "of it"
         )
         rates.append(own)
         if db == "sqlite":
@@ -530,7 +545,8 @@ def imports(db: str, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             f"[{db}]   {result['seconds']:.1f} s, {result['rate']:,.0f} leads/s, exit "
             f"{result['exit']}, stored {result['stored']:,}, peak RSS "
             f"{result['peak_rss_mb']:.1f} MB (RSS at 25/50/75/100 %: "
-            f"{result['rss_mb_at_25_50_75_100']})"
+            f"{result['rss_mb_at_25_50_75_100']}), CPU stolen "
+            f"{result['stolen_pct']} %"
         )
         for line in result["stderr_tail"][-2:] + result["stdout_tail"][-3:]:
             say(f"[{db}]   | {line}")
@@ -793,6 +809,7 @@ def markdown(result: dict[str, Any]) -> str:
                         f"{run['peak_rss_mb']:.1f}",
                         " / ".join(str(v) for v in run["rss_mb_at_25_50_75_100"]),
                         f"{run['user_cpu_s']:.1f} + {run['sys_cpu_s']:.1f}",
+                        run.get("stolen_pct", "-"),
                         f"{run['stored']:,}",
                         run["exit"],
                         "<br>".join(
@@ -809,6 +826,7 @@ def markdown(result: dict[str, Any]) -> str:
                     "peak RSS MB",
                     "RSS at 25/50/75/100 %",
                     "CPU user + sys s",
+                    "CPU stolen %",
                     "stored after",
                     "exit",
                     "last line of stderr, then of stdout",
@@ -829,7 +847,8 @@ def markdown(result: dict[str, Any]) -> str:
                 out.append(
                     f"- through {own['connections']} connection(s): "
                     f"{own['leads']:,} in {own['seconds']:.1f} s, **{own['rate']:,.0f} "
-                    f"leads/s**; the importer's rate is {share:.0%} of it"
+                    f"leads/s** (CPU stolen: {own['stolen_pct']} %); the importer's "
+                    f"rate is {share:.0%} of it"
                 )
     if not result["runs"]:
         return "\n".join(out) + "\n"

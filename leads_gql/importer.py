@@ -826,13 +826,16 @@ class _Transaction:
 
 
 class _Writer:
-    """One connection's share of the import: its transaction, and how many leads
-    it stored there, not committed yet."""
+    """One connection's share of the import: its transaction, how many leads it
+    stored there, not committed yet, and the shares of batches it is to store,
+    each with the future its outcome goes to."""
 
     def __init__(self, driver: db.Driver) -> None:
         self.driver = driver
         self.transaction = _Transaction(driver)
         self.pending = 0
+        self.shares: asyncio.Queue[tuple[_Batch, asyncio.Future[_Outcome]] | None]
+        self.shares = asyncio.Queue(maxsize=2)
 
 
 def _shares(batch: _Batch, count: int) -> list[_Batch]:
@@ -930,26 +933,35 @@ class Importer:
         for _, line in refused:
             self.progress.report(line)
 
-    async def _write(self, batch: _Batch) -> _Outcome:
-        """Store a batch: each writer its share, all at once (one statement per
-        connection); a failure of one stops the others."""
-        shares = _shares(batch, len(self.writers))
-        if len(shares) == 1:
-            outcomes = [await self._store(self.writers[0].driver, batch)]
-        else:
-            async with asyncio.TaskGroup() as group:
-                tasks = [
-                    group.create_task(self._store(writer.driver, share))
-                    for writer, share in zip(self.writers, shares, strict=True)
-                ]
-            outcomes = [task.result() for task in tasks]
-        outcome = _Outcome()
-        for writer, part in zip(self.writers, outcomes, strict=True):
-            writer.pending += part.stored
-            outcome.stored += part.stored
-            outcome.present += part.present
-            outcome.conflicts += part.conflicts
-        return outcome
+    async def _lane(self, writer: _Writer) -> None:
+        """Store one writer's shares as they come, each into its future. Each
+        writer goes at its own pace: one that waits for the other at every
+        batch loses a third of the rate (PostgreSQL merges a GIN index's pending
+        entries now in one backend, now in the other). After a failure, every
+        later share fails with it; `_writer` stops at the first."""
+        failed: BaseException | None = None
+        while (item := await writer.shares.get()) is not None:
+            share, done = item
+            if failed is None:
+                try:
+                    if not writer.transaction.active:
+                        await writer.transaction.begin()
+                    outcome = await self._store(writer.driver, share)
+                    writer.pending += outcome.stored
+                    if not self.strict and (
+                        writer.pending >= GROUP_LEADS // len(self.writers)
+                        or time.monotonic() - writer.transaction.since >= GROUP_SECONDS
+                    ):
+                        await self._commit(writer)
+                except Exception as exc:
+                    failed = exc
+            if not done.cancelled():
+                if failed is None:
+                    done.set_result(outcome)
+                else:
+                    done.set_exception(failed)
+        if failed is None and not self.strict and writer.transaction.active:
+            await self._commit(writer)
 
     async def _writer(self, queue: asyncio.Queue[_Batch | None]) -> None:
         """Store the batches: with --strict in one transaction (committed by
@@ -960,30 +972,58 @@ class Importer:
         and again (at a million leads, 11,000 leads/s with a transaction per
         statement, four times that with these).
 
-        One statement per connection at a time: the parsing process prepares
-        the next batches meanwhile."""
-        first = self.writers[0].transaction
-        if self.strict:
-            await first.begin()
-        while (batch := await queue.get()) is not None:
-            if not first.active:
-                for writer in self.writers:
-                    await writer.transaction.begin()
-            self._settle(batch, await self._write(batch))
-            if not self.strict and (
-                self.pending >= GROUP_LEADS
-                or time.monotonic() - first.since >= GROUP_SECONDS
-            ):
-                await self._commit()
-            self.progress.show(self.summary, self.pending)
-        if not self.strict and first.active:
-            await self._commit()
+        Each batch is shared between the writers (`_shares`), each storing its
+        shares in turn (`_lane`), one statement per connection at a time, while
+        the parsing process prepares the next batches. Batches are settled
+        (counted, their refused records reported) in file order."""
+        loop = asyncio.get_running_loop()
+        lanes = [asyncio.ensure_future(self._lane(w)) for w in self.writers]
+        stored: collections.deque[tuple[_Batch, list[asyncio.Future[_Outcome]]]]
+        stored = collections.deque()
+        try:
+            while (batch := await queue.get()) is not None:
+                outcomes = []
+                shares = _shares(batch, len(self.writers))
+                for writer, share in zip(self.writers, shares, strict=True):
+                    done: asyncio.Future[_Outcome] = loop.create_future()
+                    await writer.shares.put((share, done))
+                    outcomes.append(done)
+                stored.append((batch, outcomes))
+                while stored and all(done.done() for done in stored[0][1]):
+                    await self._settle_next(stored)
+            while stored:
+                await self._settle_next(stored)
+            for writer in self.writers:
+                await writer.shares.put(None)
+            await asyncio.gather(*lanes)
+        finally:
+            for lane in lanes:
+                if not lane.done():
+                    lane.cancel()
+            await asyncio.gather(*lanes, return_exceptions=True)
+            for _, outcomes in stored:  # left unsettled: stopped or failed
+                for done in outcomes:
+                    if not done.cancel() and not done.cancelled():
+                        done.exception()  # (else asyncio logs it as never seen)
 
-    async def _commit(self) -> None:
-        for writer in self.writers:
-            await writer.transaction.commit()
-            self.summary.stored += writer.pending
-            writer.pending = 0
+    async def _settle_next(
+        self,
+        stored: collections.deque[tuple[_Batch, list[asyncio.Future[_Outcome]]]],
+    ) -> None:
+        """Settle the oldest batch once each of its shares is stored."""
+        batch, outcomes = stored.popleft()
+        outcome = _Outcome()
+        for part in [await done for done in outcomes]:
+            outcome.stored += part.stored
+            outcome.present += part.present
+            outcome.conflicts += part.conflicts
+        self._settle(batch, outcome)
+        self.progress.show(self.summary, self.pending)
+
+    async def _commit(self, writer: _Writer) -> None:
+        await writer.transaction.commit()
+        self.summary.stored += writer.pending
+        writer.pending = 0
 
     async def _forward(
         self,
@@ -1063,7 +1103,7 @@ class Importer:
                 try:
                     await self._pipeline(driver)
                     if self.strict and self.summary.stopped_at is None:
-                        await self._commit()
+                        await self._commit(self.writers[0])
                 finally:
                     # Stopped, failed or interrupted: the open transactions'
                     # leads are not stored.

@@ -476,6 +476,44 @@ def test_the_connections_an_import_writes_through(
     assert status == 1 and len(connections) == 1
 
 
+def test_a_writer_that_fails_stops_the_import_and_loses_nothing_reported(
+    tmp_path: Path, database_url: str, run: Run, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A connection lost mid-import (the last writer's, at its sixth statement):
+    the import stops with exit 2 at once, the count it reports as stored is what
+    the database holds (the open transactions are rolled back whole), and a
+    re-run stores the rest."""
+    monkeypatch.setattr(importer, "BLOCK", 2000)
+    monkeypatch.setattr(importer, "GROUP_LEADS", 20)
+    calls: dict[int, int] = {}
+    insert_rows = importer.bulk.insert_rows
+
+    async def failing(driver: db.Driver, rows: Any) -> list[bool]:
+        key = id(driver.connection)
+        calls[key] = calls.get(key, 0) + 1
+        if len(calls) == len(run_writers) and calls[key] == 6:
+            raise ConnectionResetError("the connection was lost")
+        return await insert_rows(driver, rows)
+
+    run_writers = [1, 2] if database_url.startswith("postgresql") else [1]
+    monkeypatch.setattr(importer.bulk, "insert_rows", failing)
+    leads = [lead() for _ in range(150)]
+    path = tmp_path / "leads.ndjson"
+    path.write_bytes(ndjson(*leads))
+    status, out, err = run(database_url, str(path))
+    assert status == 2 and out == ""
+    assert "the import stopped: cannot use the database: the connection was lost" in err
+    reported = int(err.split(" leads were stored before")[0].rsplit(" ", 1)[1])
+    assert 0 < reported < 150
+    assert len(stored(database_url)) == reported
+
+    monkeypatch.setattr(importer.bulk, "insert_rows", insert_rows)
+    status, out, _ = run(database_url, str(path))
+    assert status == 0
+    assert summary(out)["stored"] == 150 - reported
+    assert stored(database_url) == {x["id"]: expected(x) for x in leads}
+
+
 def test_a_clean_file_exits_zero_and_strict_stores_everything(
     tmp_path: Path, database_url: str, run: Run
 ) -> None:

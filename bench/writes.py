@@ -433,8 +433,9 @@ def database_rate(db: str, url: str, data: Path, count: int) -> dict[str, Any]:
     """The database's own rate for the import's writes: the file's rows, made
     beforehand by the importer's own `prepare` (not timed), stored as the importer
     stores them (`bulk.insert_rows`, GROUP_LEADS leads a transaction, `count`
-    connections, each its `_shares`), with nothing else to do. The importer's
-    rate over this one is what validating, in the same two cores, costs it."""
+    connections each storing its `_shares` at its own pace), with nothing else
+    to do (the split is made beforehand too). The importer's rate over this one
+    is what validating, in the same two cores, costs it."""
     from leads_gql import importer
     from leads_gql.config import Settings, database_url
     from leads_gql.store import bulk, db as store
@@ -459,24 +460,26 @@ def database_rate(db: str, url: str, data: Path, count: int) -> dict[str, Any]:
                     await drivers[0].connection.execute(
                         f"PRAGMA cache_size = -{importer.SQLITE_CACHE_KIB}"
                     )
-                transactions = [importer._Transaction(d) for d in drivers]
-                start, pending = time.perf_counter(), 0
-                for batch in batches:
-                    if pending == 0:
-                        for transaction in transactions:
+                shares = [importer._shares(batch, count) for batch in batches]
+
+                async def lane(k: int) -> None:
+                    # As Importer._lane: its own transactions, at its own pace.
+                    driver = drivers[k]
+                    transaction = importer._Transaction(driver)
+                    pending = 0
+                    for share in shares:
+                        if not transaction.active:
                             await transaction.begin()
-                    shares = importer._shares(batch, count)
-                    await asyncio.gather(
-                        *(
-                            bulk.insert_rows(driver, share.rows)
-                            for driver, share in zip(drivers, shares, strict=True)
-                        )
-                    )
-                    pending += len(batch.rows)
-                    if pending >= importer.GROUP_LEADS or batch is batches[-1]:
-                        for transaction in transactions:
+                        await bulk.insert_rows(driver, share[k].rows)
+                        pending += len(share[k].rows)
+                        if pending >= importer.GROUP_LEADS // count:
                             await transaction.commit()
-                        pending = 0
+                            pending = 0
+                    if transaction.active:
+                        await transaction.commit()
+
+                start = time.perf_counter()
+                await asyncio.gather(*(lane(k) for k in range(count)))
                 return time.perf_counter() - start
         finally:
             await engine.dispose()

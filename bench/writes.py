@@ -515,12 +515,17 @@ def own_rates(
             "of it"
         )
         rates.append(own)
-        if db == "sqlite":
-            for suffix in ("", "-wal", "-shm"):
-                Path(f"{bare}{suffix}").unlink(missing_ok=True)
-        else:
-            drop_database(args.pg, name)
+        discard(db, bare, args.pg, name)
     return rates
+
+
+def discard(db: str, path: Path, admin: str, name: str) -> None:
+    """An import's database, once measured: the SQLite file or the PostgreSQL one."""
+    if db == "sqlite":
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{path}{suffix}").unlink(missing_ok=True)
+    else:
+        drop_database(admin, name)
 
 
 def imports(db: str, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
@@ -566,11 +571,7 @@ def imports(db: str, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         report["runs"].append(result)
         if n == max(args.import_sizes):
             report["database"] = own_rates(db, args, workdir, data, result["rate"])
-        if db == "sqlite":
-            for suffix in ("", "-wal", "-shm"):
-                Path(f"{path}{suffix}").unlink(missing_ok=True)
-        else:
-            drop_database(args.pg, name)
+        discard(db, path, args.pg, name)
     return report
 
 

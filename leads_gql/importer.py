@@ -67,7 +67,7 @@ GROUP_LEADS = 400_000
 GROUP_SECONDS = 5.0
 # Connections storing an import into PostgreSQL at once (without --strict, whose
 # single transaction needs one): each backend runs on a core of its own, where
-# one connection leaves the database a single core (see Importer._write).
+# one connection leaves the database a single core (see Importer._lane).
 POSTGRES_WRITERS = 2
 # NDJSON is read in blocks of this many bytes (whole lines; a chunk each).
 BLOCK = 1 << 20
@@ -1040,13 +1040,14 @@ class Importer:
         self.progress.show(self.summary, self.pending)
         return not (self.strict and batch.invalid)
 
-    async def _pipeline(self, driver: db.Driver) -> None:
-        """Read and parse the next chunks while the current one is written: a
-        few chunks parsing (PARSE_AHEAD), two waiting and one being written at
-        most, so memory stays flat."""
+    async def _pipeline(self, drivername: str) -> None:
+        """Read and parse the next chunks while the current ones are written: a
+        few chunks parsing (PARSE_AHEAD), two waiting for the writers, and at
+        each writer two shares queued and one being written at most, so memory
+        stays flat."""
         queue: asyncio.Queue[_Batch | None] = asyncio.Queue(maxsize=2)
         writer = asyncio.ensure_future(self._writer(queue))
-        parser = _Parser(self.source.naming, driver.engine.url.drivername, self.strict)
+        parser = _Parser(self.source.naming, drivername, self.strict)
         parsing: collections.deque[asyncio.Future[_Batch]]
         parsing = collections.deque()
         broken: Exception | None = None
@@ -1101,7 +1102,7 @@ class Importer:
                         f"PRAGMA cache_size = -{SQLITE_CACHE_KIB}"
                     )
                 try:
-                    await self._pipeline(driver)
+                    await self._pipeline(engine.url.drivername)
                     if self.strict and self.summary.stopped_at is None:
                         await self._commit(self.writers[0])
                 finally:

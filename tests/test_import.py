@@ -487,15 +487,15 @@ def test_a_writer_that_fails_stops_the_import_and_loses_nothing_reported(
     monkeypatch.setattr(importer, "GROUP_LEADS", 20)
     calls: dict[int, int] = {}
     insert_rows = importer.bulk.insert_rows
+    writers = 2 if database_url.startswith("postgresql") else 1
 
     async def failing(driver: db.Driver, rows: Any) -> list[bool]:
         key = id(driver.connection)
         calls[key] = calls.get(key, 0) + 1
-        if len(calls) == len(run_writers) and calls[key] == 6:
+        if len(calls) == writers and calls[key] == 6:
             raise ConnectionResetError("the connection was lost")
         return await insert_rows(driver, rows)
 
-    run_writers = [1, 2] if database_url.startswith("postgresql") else [1]
     monkeypatch.setattr(importer.bulk, "insert_rows", failing)
     leads = [lead() for _ in range(150)]
     path = tmp_path / "leads.ndjson"

@@ -171,11 +171,7 @@ async def stored_by_ids(driver: db.Driver, ids: Sequence[str]) -> dict[str, Stor
 
 async def insert_one(driver: db.Driver, lead: StoredLead) -> bool:
     """One lead in its own statement (the prepared single-row INSERT)."""
-    created_date = statements.created_date_in(driver.dialect)(lead.created_date)
-    values = (
-        lead.id, lead.name, lead.email, lead.phone, lead.chatflowid, lead.chat_id,
-        created_date, phone_digits(lead.phone),
-    )  # fmt: skip
+    values = as_row(lead, statements.created_date_in(driver.dialect))
     if driver.sqlite:
         sql = statements.INSERT["sqlite"]
         if not await driver.connection.execute_fetchall(sql, values):

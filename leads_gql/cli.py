@@ -20,6 +20,9 @@ if TYPE_CHECKING:
 
     from leads_gql.importer import Source, Summary
 
+# What `leads-gql token` grants unless told otherwise.
+DEFAULT_SCOPES = "leads:read leads:write"
+
 
 def _say(message: str) -> None:
     sys.stderr.write(message + "\n")
@@ -133,11 +136,13 @@ def token(args: argparse.Namespace) -> int:
     except ValueError:
         _say("leads-gql: --chatflow must be a UUID")
         return 2
+    # `--scope "a b"` and `--scope a --scope b` both grant a and b.
+    scopes = " ".join(args.scope or [DEFAULT_SCOPES]).split()
     print(  # noqa: T201 (the token is the command's output)
         issue_token(
             settings,
             sub=args.sub,
-            scopes=args.scope.split(),
+            scopes=list(dict.fromkeys(scopes)),
             chatflows=chatflows,
             ttl=args.ttl,
         )
@@ -297,7 +302,11 @@ def parser() -> argparse.ArgumentParser:
     run.set_defaults(func=serve)
 
     sign = commands.add_parser("token", help="print a signed HS256 token")
-    sign.add_argument("--scope", default="leads:read leads:write")
+    sign.add_argument(
+        "--scope",
+        action="append",
+        help=f"scopes, space-separated; may be repeated (default: {DEFAULT_SCOPES})",
+    )
     sign.add_argument(
         "--chatflow", action="append", metavar="ID", help="limit to a chat flow"
     )

@@ -113,6 +113,21 @@ def test_token_options_and_configured_claims(tmp_path: Path) -> None:
     assert not (tmp_path / ".leads-gql-secret").exists()
 
 
+def test_token_scopes_given_once_or_repeated(tmp_path: Path) -> None:
+    env = cli_env(LEADS_JWT_SECRET="s" * 40)
+
+    def scope(*options: str) -> str:
+        out = run_cli("token", *options, cwd=tmp_path, env=env)
+        assert out.returncode == 0, out.stderr
+        claims = jwt.decode(out.stdout.strip(), "s" * 40, algorithms=["HS256"])
+        return str(claims["scope"])
+
+    assert scope() == "leads:read leads:write"
+    assert scope("--scope", "leads:read leads:delete") == "leads:read leads:delete"
+    repeated = ("--scope", "leads:read", "--scope", "leads:delete leads:read")
+    assert scope(*repeated) == "leads:read leads:delete"
+
+
 def test_token_refuses_bad_arguments(tmp_path: Path) -> None:
     env = cli_env(LEADS_JWT_SECRET="s" * 40)
     assert run_cli("token", "--chatflow", "nope", cwd=tmp_path, env=env).returncode != 0

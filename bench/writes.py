@@ -26,7 +26,11 @@ LEADS_DATABASE_URL set — target: 50,000 leads/s or more; the importer's peak R
 SQLite, the import connection's 128 MiB page cache, which a 100k-lead database
 cannot fill; its RSS from half way through the 1M import to three quarters within
 10 MB; every lead stored; a re-run of the smaller file stores nothing twice.
-Skipped, saying so, while `leads-gql import` does not exist.
+Skipped, saying so, while `leads-gql import` does not exist. For information, each
+import records its CPU time (the importer's, and the whole machine's busy time: the
+rest is the database's), and the million is also stored by the database alone
+(`database_rate`) and, on PostgreSQL, imported without its search index
+(`unindexed_import`).
 
 Results: bench/results/YYYY-MM-DD-HHMM-writes[-quick].{md,json}; exit 1 when a target
 fails. Everything listens on 127.0.0.1; every process started is stopped and every
@@ -86,13 +90,26 @@ def load_average(where: str, loads: dict[str, float]) -> None:
         )
 
 
-def cpu_stolen() -> tuple[int, int]:
-    """All cores' time stolen by the hypervisor so far, and all their time
-    (/proc/stat, in ticks): a virtual machine whose host is busy runs slower,
-    which a run's own figures cannot tell from a slower program."""
+def cpu_ticks() -> tuple[int, int, int]:
+    """All cores' time so far (/proc/stat, in ticks): busy (user, nice, system,
+    irq, softirq), stolen by the hypervisor, and in all. Stolen time: a virtual
+    machine whose host is busy runs slower, which a run's own figures cannot
+    tell from a slower program. Busy time, less the importer's own: what the
+    database (and the kernel for it) spent on the run."""
     with open("/proc/stat") as handle:
         values = [int(v) for v in handle.readline().split()[1:]]
-    return values[7], sum(values)
+    busy = values[0] + values[1] + values[2] + values[5] + values[6]
+    return busy, values[7], sum(values)
+
+
+def cpu_shares(before: tuple[int, int, int]) -> dict[str, float]:
+    """Since `before` (`cpu_ticks`): the machine's busy CPU-seconds, and the share
+    of its time stolen."""
+    busy, steal, ticks = (b - a for a, b in zip(before, cpu_ticks(), strict=True))
+    return {
+        "machine_busy_cpu_s": round(busy / os.sysconf("SC_CLK_TCK"), 1),
+        "stolen_pct": round(100 * steal / max(1, ticks), 1),
+    }
 
 
 def cpu_busy(seconds: float = 3.0) -> float:
@@ -368,7 +385,7 @@ def run_import(
     cmd = harness.leads_gql("import", "--format", "ndjson", str(path))
     stdout = log.with_suffix(".out")
     with log.open("wb") as err, stdout.open("wb") as out:
-        start, stolen = time.perf_counter(), cpu_stolen()
+        start, ticks = time.perf_counter(), cpu_ticks()
         proc = subprocess.Popen(
             cmd,
             env=harness.service_env(url, args.secret),
@@ -387,7 +404,7 @@ def run_import(
         finally:
             series.stop()
         seconds = time.perf_counter() - start
-        steal, ticks = (b - a for a, b in zip(stolen, cpu_stolen(), strict=True))
+        shares = cpu_shares(ticks)
     proc.returncode = os.waitstatus_to_exitcode(status)
     lines = log.read_text(errors="replace").splitlines()
     printed = stdout.read_text(errors="replace").splitlines()
@@ -402,7 +419,7 @@ def run_import(
         ],
         "user_cpu_s": usage.ru_utime,
         "sys_cpu_s": usage.ru_stime,
-        "stolen_pct": round(100 * steal / max(1, ticks), 1),
+        **shares,
         "stderr_tail": lines[-6:],
         "stdout_tail": printed[-6:],
     }
@@ -484,12 +501,10 @@ def database_rate(db: str, url: str, data: Path, count: int) -> dict[str, Any]:
         finally:
             await engine.dispose()
 
-    stolen = cpu_stolen()
+    ticks = cpu_ticks()
     seconds = asyncio.run(store_all())
-    steal, ticks = (b - a for a, b in zip(stolen, cpu_stolen(), strict=True))
     return {"leads": leads, "connections": count, "seconds": seconds,
-            "rate": leads / seconds,
-            "stolen_pct": round(100 * steal / max(1, ticks), 1)}  # fmt: skip
+            "rate": leads / seconds, **cpu_shares(ticks)}  # fmt: skip
 
 
 def own_rates(
@@ -554,7 +569,7 @@ def imports(db: str, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             f"{result['exit']}, stored {result['stored']:,}, peak RSS "
             f"{result['peak_rss_mb']:.1f} MB (RSS at 25/50/75/100 %: "
             f"{result['rss_mb_at_25_50_75_100']}), CPU stolen "
-            f"{result['stolen_pct']} %"
+            f"{result['stolen_pct']} %; {cpu_line(result)}"
         )
         for line in result["stderr_tail"][-2:] + result["stdout_tail"][-3:]:
             say(f"[{db}]   | {line}")
@@ -572,7 +587,46 @@ def imports(db: str, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         if n == max(args.import_sizes):
             report["database"] = own_rates(db, args, workdir, data, result["rate"])
         discard(db, path, args.pg, name)
+        if db == "postgres" and n == max(args.import_sizes):
+            report["without_search_index"] = unindexed_import(args, workdir, data)
     return report
+
+
+# The trigram index that serves search on PostgreSQL (migration 0002).
+SEARCH_INDEX = "ix_lead_contact_trgm"
+
+
+def unindexed_import(
+    args: argparse.Namespace, workdir: Path, data: Path
+) -> dict[str, Any]:
+    """The same import into PostgreSQL without the search index (information):
+    most of PostgreSQL's CPU time for an import goes to that index, so this shows
+    what the importer does when the database needs less of the 2 cores."""
+    name = "leads_writes_import_unindexed"
+    url = harness.fresh_pg(args.pg, name)
+    harness.migrate(url, args.secret, workdir)
+    asyncio.run(harness.pg_admin(url, f"DROP INDEX {SEARCH_INDEX}"))
+    say(f"[postgres] import {data.name} without {SEARCH_INDEX}")
+    result = run_import(url, data, args, workdir / "import-postgres-unindexed.log")
+    result.update(stored=count_postgres(url))
+    result["rate"] = result["stored"] / result["seconds"]
+    say(
+        f"[postgres]   {result['seconds']:.1f} s, {result['rate']:,.0f} leads/s, "
+        f"exit {result['exit']}, {cpu_line(result)}"
+    )
+    drop_database(args.pg, name)
+    return result
+
+
+def cpu_line(run: dict[str, Any]) -> str:
+    """An import's CPU time: the machine's, the importer's, and the rest (the
+    database, mostly)."""
+    own = run["user_cpu_s"] + run["sys_cpu_s"]
+    busy = run["machine_busy_cpu_s"]
+    return (
+        f"CPU-s: machine {busy:.1f}, importer {own:.1f}, "
+        f"the rest (the database) {busy - own:.1f}"
+    )
 
 
 # -- analysis ---------------------------------------------------------------------
@@ -813,6 +867,7 @@ def markdown(result: dict[str, Any]) -> str:
                         f"{run['peak_rss_mb']:.1f}",
                         " / ".join(str(v) for v in run["rss_mb_at_25_50_75_100"]),
                         f"{run['user_cpu_s']:.1f} + {run['sys_cpu_s']:.1f}",
+                        run.get("machine_busy_cpu_s", "-"),
                         run.get("stolen_pct", "-"),
                         f"{run['stored']:,}",
                         run["exit"],
@@ -829,7 +884,8 @@ def markdown(result: dict[str, Any]) -> str:
                     "leads/s",
                     "peak RSS MB",
                     "RSS at 25/50/75/100 %",
-                    "CPU user + sys s",
+                    "importer CPU user + sys s",
+                    "machine busy CPU s",
                     "CPU stolen %",
                     "stored after",
                     "exit",
@@ -854,6 +910,15 @@ def markdown(result: dict[str, Any]) -> str:
                     f"leads/s** (CPU stolen: {own['stolen_pct']} %); the importer's "
                     f"rate is {share:.0%} of it"
                 )
+        unindexed = report.get("without_search_index")
+        if unindexed:
+            out += [
+                "",
+                f"The same import without `{SEARCH_INDEX}` (information; "
+                f"`unindexed_import`): {unindexed['stored']:,} stored in "
+                f"{unindexed['seconds']:.1f} s, **{unindexed['rate']:,.0f} leads/s**, "
+                f"exit {unindexed['exit']}; {cpu_line(unindexed)}.",
+            ]
     if not result["runs"]:
         return "\n".join(out) + "\n"
     out += ["", "## Every create run", ""]

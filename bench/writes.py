@@ -605,7 +605,7 @@ def unindexed_import(
     name = "leads_writes_import_unindexed"
     url = harness.fresh_pg(args.pg, name)
     harness.migrate(url, args.secret, workdir)
-    asyncio.run(harness.pg_admin(url, f"DROP INDEX {SEARCH_INDEX}"))
+    asyncio.run(harness.pg_admin(url, f"DROP INDEX IF EXISTS {SEARCH_INDEX}"))
     say(f"[postgres] import {data.name} without {SEARCH_INDEX}")
     result = run_import(url, data, args, workdir / "import-postgres-unindexed.log")
     result.update(stored=count_postgres(url))

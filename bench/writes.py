@@ -90,14 +90,20 @@ def load_average(where: str, loads: dict[str, float]) -> None:
         )
 
 
+def proc_stat() -> list[int]:
+    """All cores' time so far, in ticks, by state (/proc/stat's `cpu` line: user,
+    nice, system, idle, iowait, irq, softirq, steal, ...)."""
+    with open("/proc/stat") as handle:
+        return [int(v) for v in handle.readline().split()[1:]]
+
+
 def cpu_ticks() -> tuple[int, int, int]:
     """All cores' time so far (/proc/stat, in ticks): busy (user, nice, system,
     irq, softirq), stolen by the hypervisor, and in all. Stolen time: a virtual
     machine whose host is busy runs slower, which a run's own figures cannot
     tell from a slower program. Busy time, less the importer's own: what the
     database (and the kernel for it) spent on the run."""
-    with open("/proc/stat") as handle:
-        values = [int(v) for v in handle.readline().split()[1:]]
+    values = proc_stat()
     busy = values[0] + values[1] + values[2] + values[5] + values[6]
     return busy, values[7], sum(values)
 
@@ -116,8 +122,7 @@ def cpu_busy(seconds: float = 3.0) -> float:
     """The share of all cores' time spent busy over `seconds` (/proc/stat)."""
 
     def sample() -> tuple[int, int]:
-        with open("/proc/stat") as handle:
-            values = [int(v) for v in handle.readline().split()[1:]]
+        values = proc_stat()
         idle = values[3] + values[4]  # idle + iowait
         return sum(values) - idle, sum(values)
 

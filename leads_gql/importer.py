@@ -808,6 +808,9 @@ class _Transaction:
         self.active, self.since = True, time.monotonic()
 
     async def commit(self) -> None:
+        # None begun: a --strict import of a file with no records stored nothing.
+        if not self.active:
+            return
         self.active = False
         if self.driver.sqlite:
             await self.driver.connection.execute("COMMIT")
@@ -1097,8 +1100,8 @@ class Importer:
                 for _ in range(count):
                     driver = await scope.enter_async_context(db.driver_scope(engine))
                     self.writers.append(_Writer(driver))
-                if sqlite:
-                    await driver.connection.execute(
+                if sqlite:  # one writer
+                    await self.writers[0].driver.connection.execute(
                         f"PRAGMA cache_size = -{SQLITE_CACHE_KIB}"
                     )
                 try:

@@ -528,6 +528,17 @@ def test_a_clean_file_exits_zero_and_strict_stores_everything(
     assert status == 0 and summary(out)["already present"] == 5
 
 
+def test_strict_with_an_empty_file_stores_nothing_and_exits_zero(
+    tmp_path: Path, database_url: str, run: Run
+) -> None:
+    path = tmp_path / "empty.ndjson"
+    path.write_bytes(b"")
+    status, out, err = run(database_url, "--strict", str(path))
+    assert (status, err) == (0, "")
+    assert summary(out)["stored"] == 0
+    assert stored(database_url) == {}
+
+
 def test_a_mixed_csv_file(tmp_path: Path, database_url: str, run: Run) -> None:
     """Our CSV: a header, CRLF records, quoted cells over several lines, formula
     guards taken off; records named by the line they start on."""

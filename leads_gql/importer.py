@@ -43,7 +43,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from leads_gql.errors import FieldError, InvalidInput
 from leads_gql.models import INPUT_FIELDS, UUID_RE, LeadCreate, StoredLead
-from leads_gql.store import bulk, db, statements
+from leads_gql.store import bulk, db, deferred, statements
 
 # Records per chunk (CSV, JSON, Flowise; NDJSON goes by BLOCK): large enough
 # that a statement's fixed costs (a round trip, handing a chunk to the parsing
@@ -69,10 +69,24 @@ GROUP_SECONDS = 5.0
 # single transaction needs one): each backend runs on a core of its own, where
 # one connection leaves the database a single core (see Importer._lane).
 POSTGRES_WRITERS = 2
+# PostgreSQL: a transaction holds at most this many COPY savepoints. A backend
+# keeps 64 subtransaction ids in shared memory; past them, every snapshot taken
+# anywhere in the database must look subtransactions up on disk, slowly.
+SAVEPOINTS = 60
 # NDJSON is read in blocks of this many bytes (whole lines; a chunk each).
 BLOCK = 1 << 20
-# Chunks parsing ahead of the one handed to the writer.
+# PostgreSQL: an import of at least this many leads into the empty table puts
+# the table's indexes off until the leads are in (store/deferred.py); a smaller
+# one maintains them as it goes, which costs it little. The size of a file is
+# judged by its bytes (our exports: 150-250 bytes a lead).
+PUT_OFF_FROM = 10_000
+BYTES_PER_LEAD = 250
+# Chunks parsing ahead of the one handed to the writer, per parsing process.
 PARSE_AHEAD = 2
+# Parsing processes. Into PostgreSQL, whose COPY leaves the importer's own work
+# the larger part, two (a million leads: 13.9 s instead of 15.9 with one; into
+# SQLite the writer keeps a core busy itself).
+PARSERS = {"sqlite": 1, "postgresql": 2}
 
 
 class UnusableInput(Exception):
@@ -118,6 +132,10 @@ class Source:
     naming = "row"
 
     async def open(self) -> None:
+        return None
+
+    async def size(self) -> int | None:
+        """About how many records it holds, when that is known cheaply."""
         return None
 
     def chunks(self) -> AsyncGenerator[Chunk, None]:
@@ -197,6 +215,11 @@ class FileSource(Source):
             if isinstance(exc, OSError):
                 raise UnusableInput(f"cannot read {self.path}: {exc}") from None
             raise
+
+    async def size(self) -> int | None:
+        if self.path == "-" or not os.path.isfile(self.path):
+            return None  # a pipe
+        return os.path.getsize(self.path) // BYTES_PER_LEAD
 
     async def chunks(self) -> AsyncGenerator[Chunk, None]:
         assert self.lines is not None
@@ -418,6 +441,18 @@ class FlowiseSQLite(Source):
             raise
         return connection
 
+    async def size(self) -> int | None:
+        connection = self.connection
+        assert connection is not None
+
+        def count() -> int | None:
+            with contextlib.suppress(sqlite3.Error):
+                (rows,) = connection.execute('SELECT count(*) FROM "lead"').fetchone()
+                return int(rows)
+            return None
+
+        return await asyncio.to_thread(count)
+
     async def chunks(self) -> AsyncGenerator[Chunk, None]:
         assert self.connection is not None
         columns = ", ".join(f'"{name}"' for name in FIELDS)
@@ -512,6 +547,12 @@ class FlowisePostgres(Source):
             created += "::text"
         selected = [f'"{name}"::text' for name in FIELDS[:-1]] + [created]
         self.sql = f"SELECT {', '.join(selected)} FROM lead"
+
+    async def size(self) -> int | None:
+        try:
+            return int(await self.connection.fetchval("SELECT count(*) FROM lead"))
+        except Exception:  # (read when the rows are)
+            return None
 
     async def chunks(self) -> AsyncGenerator[Chunk, None]:
         connection = self.connection
@@ -749,15 +790,18 @@ def _ready() -> None:
 
 
 class _Parser:
-    """Runs `prepare` in a second process, so that validating runs on one core
-    while the database writes on another (in one process they share one GIL: a
-    million leads took 28 s instead of 19-21 when measured). The second chunk
-    starts that process; until it is ready (imports take most of a second),
-    chunks are validated here, so a small import starts none and a large one
-    never waits."""
+    """Runs `prepare` in other processes (PARSERS), so that validating runs
+    beside the database's writes (in one process they share one GIL: a million
+    leads took 28 s instead of 19-21 when measured). The second chunk starts
+    them; until they are ready (imports take most of a second), chunks are
+    validated here, so a small import starts none and a large one never waits.
+    Results come back in the order submitted."""
 
-    def __init__(self, naming: str, drivername: str, strict: bool) -> None:
+    def __init__(
+        self, naming: str, drivername: str, strict: bool, processes: int
+    ) -> None:
         self.args = (naming, drivername, strict)
+        self.processes = processes
         self.submitted = 0
         self.pool: ProcessPoolExecutor | None = None
         self.ready: Future[None] | None = None
@@ -767,7 +811,7 @@ class _Parser:
         if self.submitted == 2:
             # spawn, not fork: this process runs threads (the database driver's).
             self.pool = ProcessPoolExecutor(
-                1,
+                self.processes,
                 mp_context=multiprocessing.get_context("spawn"),
                 initializer=_parsing_process,
                 initargs=(os.getpid(),),
@@ -831,12 +875,16 @@ class _Transaction:
 class _Writer:
     """One connection's share of the import: its transaction, how many leads it
     stored there, not committed yet, and the shares of batches it is to store,
-    each with the future its outcome goes to."""
+    each with the future its outcome goes to. On PostgreSQL (without --strict)
+    it stores by COPY while the rows are new (`copying`), each COPY a savepoint
+    of its transaction."""
 
-    def __init__(self, driver: db.Driver) -> None:
+    def __init__(self, driver: db.Driver, *, copying: bool) -> None:
         self.driver = driver
         self.transaction = _Transaction(driver)
         self.pending = 0
+        self.copying = copying
+        self.savepoints = 0
         self.shares: asyncio.Queue[tuple[_Batch, asyncio.Future[_Outcome]] | None]
         self.shares = asyncio.Queue(maxsize=2)
 
@@ -871,11 +919,22 @@ class Importer:
         """Stored in the open transactions, not committed yet."""
         return sum(writer.pending for writer in self.writers)
 
-    async def _store(self, driver: db.Driver, batch: _Batch) -> _Outcome:
-        """Insert the batch's leads; read back the ones that were skipped."""
+    async def _store(self, writer: _Writer, batch: _Batch) -> _Outcome:
+        """Insert the batch's leads; read back the ones that were skipped.
+
+        By COPY while the leads are new; once a COPY meets a stored id (a
+        re-run, an overlap), by INSERT ... ON CONFLICT DO NOTHING, which skips
+        them, until a batch is all new again."""
+        driver = writer.driver
+        if writer.copying and batch.rows:
+            if await bulk.copy_rows(driver, batch.rows):
+                writer.savepoints += 1
+                return _Outcome(stored=len(batch.rows))
+            writer.copying = False  # (its savepoint was rolled back)
         stored = await bulk.insert_rows(driver, batch.rows)
         outcome = _Outcome(stored=sum(stored))
         if outcome.stored == len(stored):
+            writer.copying = self.copies(driver)
             return outcome
         # Some were stored already (a re-run): the same lead, or another?
         skipped = [n for n, done in enumerate(stored) if not done]
@@ -949,10 +1008,11 @@ class Importer:
                 try:
                     if not writer.transaction.active:
                         await writer.transaction.begin()
-                    outcome = await self._store(writer.driver, share)
+                    outcome = await self._store(writer, share)
                     writer.pending += outcome.stored
                     if not self.strict and (
                         writer.pending >= GROUP_LEADS // len(self.writers)
+                        or writer.savepoints >= SAVEPOINTS
                         or time.monotonic() - writer.transaction.since >= GROUP_SECONDS
                     ):
                         await self._commit(writer)
@@ -1026,7 +1086,12 @@ class Importer:
     async def _commit(self, writer: _Writer) -> None:
         await writer.transaction.commit()
         self.summary.stored += writer.pending
-        writer.pending = 0
+        writer.pending = writer.savepoints = 0
+
+    def copies(self, driver: db.Driver) -> bool:
+        """Whether new leads go in by COPY: on PostgreSQL, but not with
+        --strict, whose one transaction could not keep its savepoints apart."""
+        return not driver.sqlite and not self.strict
 
     async def _forward(
         self,
@@ -1050,7 +1115,8 @@ class Importer:
         stays flat."""
         queue: asyncio.Queue[_Batch | None] = asyncio.Queue(maxsize=2)
         writer = asyncio.ensure_future(self._writer(queue))
-        parser = _Parser(self.source.naming, drivername, self.strict)
+        processes = PARSERS[_dialect(drivername).name]
+        parser = _Parser(self.source.naming, drivername, self.strict, processes)
         parsing: collections.deque[asyncio.Future[_Batch]]
         parsing = collections.deque()
         broken: Exception | None = None
@@ -1064,7 +1130,7 @@ class Importer:
                             more = False
                             break
                         parsing.append(parser.submit(chunk))
-                        if len(parsing) > PARSE_AHEAD:
+                        if len(parsing) > PARSE_AHEAD * processes:
                             more = await self._forward(parsing.popleft(), queue, writer)
                             if not more:
                                 break
@@ -1099,10 +1165,16 @@ class Importer:
             async with contextlib.AsyncExitStack() as scope:
                 for _ in range(count):
                     driver = await scope.enter_async_context(db.driver_scope(engine))
-                    self.writers.append(_Writer(driver))
+                    self.writers.append(_Writer(driver, copying=self.copies(driver)))
+                first, put_off = self.writers[0].driver.connection, 0
                 if sqlite:  # one writer
-                    await self.writers[0].driver.connection.execute(
-                        f"PRAGMA cache_size = -{SQLITE_CACHE_KIB}"
+                    await first.execute(f"PRAGMA cache_size = -{SQLITE_CACHE_KIB}")
+                elif (await self.source.size() or 0) >= PUT_OFF_FROM:
+                    put_off = await deferred.put_off(first)
+                if put_off:
+                    self.progress.report(
+                        f"the lead table is empty: its {put_off} secondary indexes "
+                        "are built once the leads are in"
                     )
                 try:
                     await self._pipeline(engine.url.drivername)
@@ -1113,11 +1185,35 @@ class Importer:
                     # leads are not stored.
                     for writer in self.writers:
                         await writer.transaction.rollback()
-                        writer.pending = 0
+                        writer.pending = writer.savepoints = 0
+                    if put_off:
+                        await self._build_indexes(engine, scope)
         finally:
             self.summary.seconds = time.monotonic() - start
             self.progress.end()
         return self.summary
+
+    async def _build_indexes(
+        self, engine: AsyncEngine, scope: contextlib.AsyncExitStack
+    ) -> None:
+        """Build the indexes put off (`deferred.build`), on as many connections
+        as the import writes with on PostgreSQL."""
+        connections = [writer.driver.connection for writer in self.writers]
+        while len(connections) < POSTGRES_WRITERS:  # --strict writes with one
+            driver = await scope.enter_async_context(db.driver_scope(engine))
+            connections.append(driver.connection)
+        self.progress.report("building the indexes...")
+        began = time.monotonic()
+        try:
+            built = await deferred.build(connections)
+        except BaseException:
+            self.progress.report(
+                "the indexes were not all built: `leads-gql migrate` builds the rest"
+            )
+            raise
+        self.progress.report(
+            f"built {built} indexes in {time.monotonic() - began:.1f} s"
+        )
 
 
 async def _hand_over(

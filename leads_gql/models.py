@@ -14,7 +14,7 @@ from email_validator import (
     EmailNotValidError,
     validate_email,
 )
-from sqlalchemy import DateTime, Dialect, Index, String, text
+from sqlalchemy import DateTime, Dialect, Index, String, Text, text
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, SQLModel
 
@@ -86,6 +86,17 @@ class Lead(LeadBase, table=True):
     # `phone` without its formatting (`phone_digits(phone)`), written with every
     # insert; never part of a lead's output.
     phone_digits: str | None = Field(default=None, sa_type=String(255))
+
+
+class DeferredIndex(SQLModel, table=True):
+    """An index of `lead` that an import into the empty table dropped, to build
+    in one pass once the leads are in (store/deferred.py): its name and its
+    definition, as PostgreSQL gave it."""
+
+    __tablename__ = "deferred_index"
+
+    name: str = Field(primary_key=True, sa_type=String(63))
+    definition: str = Field(sa_type=Text)
 
 
 class LeadRow(Protocol):

@@ -350,6 +350,14 @@ def test_records_across_chunks_and_transactions(
     reports come in file order with their line numbers."""
     monkeypatch.setattr(importer, "BLOCK", 300)
     monkeypatch.setattr(importer, "GROUP_LEADS", 3)
+    copies: list[bool] = []
+    copy_rows = importer.bulk.copy_rows
+
+    async def copy(driver: db.Driver, rows: Any) -> bool:
+        copies.append(await copy_rows(driver, rows))
+        return copies[-1]
+
+    monkeypatch.setattr(importer.bulk, "copy_rows", copy)
     a, b, d, bad = lead(), lead(name="Grace"), lead(name="Dan"), lead(phone="12")
     c = {k: v for k, v in lead(name="Carl").items() if k != "chatId"}
     path = tmp_path / "leads.ndjson"
@@ -365,6 +373,10 @@ def test_records_across_chunks_and_transactions(
         "line 8",
     ]
     assert set(stored(database_url)) == {a["id"], b["id"], c["id"], d["id"]}
+    # PostgreSQL stores new leads by COPY; a COPY that meets a stored id stores
+    # nothing, and INSERT sorts that chunk out.
+    postgres = database_url.startswith("postgresql")
+    assert set(copies) == ({True, False} if postgres else set())
     status, out, _ = run(database_url, str(path))
     assert summary(out) == {
         "read": 9, "stored": 0, "already present": 6, "conflicting": 1, "invalid": 2,
@@ -486,17 +498,22 @@ def test_a_writer_that_fails_stops_the_import_and_loses_nothing_reported(
     monkeypatch.setattr(importer, "BLOCK", 2000)
     monkeypatch.setattr(importer, "GROUP_LEADS", 20)
     calls: dict[int, int] = {}
-    insert_rows = importer.bulk.insert_rows
+    insert_rows, copy_rows = importer.bulk.insert_rows, importer.bulk.copy_rows
     writers = 2 if database_url.startswith("postgresql") else 1
 
-    async def failing(driver: db.Driver, rows: Any) -> list[bool]:
-        key = id(driver.connection)
-        calls[key] = calls.get(key, 0) + 1
-        if len(calls) == writers and calls[key] == 6:
-            raise ConnectionResetError("the connection was lost")
-        return await insert_rows(driver, rows)
+    def failing(write: Any) -> Any:
+        # (PostgreSQL stores new leads by COPY, SQLite by INSERT)
+        async def fails(driver: db.Driver, rows: Any) -> Any:
+            key = id(driver.connection)
+            calls[key] = calls.get(key, 0) + 1
+            if len(calls) == writers and calls[key] == 6:
+                raise ConnectionResetError("the connection was lost")
+            return await write(driver, rows)
 
-    monkeypatch.setattr(importer.bulk, "insert_rows", failing)
+        return fails
+
+    monkeypatch.setattr(importer.bulk, "insert_rows", failing(insert_rows))
+    monkeypatch.setattr(importer.bulk, "copy_rows", failing(copy_rows))
     leads = [lead() for _ in range(150)]
     path = tmp_path / "leads.ndjson"
     path.write_bytes(ndjson(*leads))
@@ -508,6 +525,7 @@ def test_a_writer_that_fails_stops_the_import_and_loses_nothing_reported(
     assert len(stored(database_url)) == reported
 
     monkeypatch.setattr(importer.bulk, "insert_rows", insert_rows)
+    monkeypatch.setattr(importer.bulk, "copy_rows", copy_rows)
     status, out, _ = run(database_url, str(path))
     assert status == 0
     assert summary(out)["stored"] == 150 - reported

@@ -135,6 +135,31 @@ async def insert_rows(driver: db.Driver, rows: Sequence[tuple[Any, ...]]) -> lis
     return _claimed([row[0] for row in rows], {row[0] for row in returned})
 
 
+# PostgreSQL's unique_violation (SQLSTATE): the driver's own exception class
+# needs the optional asyncpg at import time.
+UNIQUE_VIOLATION = "23505"
+
+
+async def copy_rows(driver: db.Driver, rows: Sequence[tuple[Any, ...]]) -> bool:
+    """PostgreSQL: store rows (`as_row`) by COPY inside the caller's transaction,
+    in a savepoint: all of them (True) or, when an id is stored already or met
+    twice, none (False; `insert_rows` then sorts them out). COPY costs the
+    database less than half what INSERT ... ON CONFLICT does per row (no
+    speculative insertion, no RETURNING), and the driver encodes the rows in
+    binary, faster than one array per column."""
+    connection = driver.connection
+    try:
+        async with connection.transaction():  # a savepoint
+            await connection.copy_records_to_table(
+                "lead", records=rows, columns=statements.STORED_COLUMNS
+            )
+    except Exception as error:
+        if getattr(error, "sqlstate", None) != UNIQUE_VIOLATION:
+            raise
+        return False
+    return True
+
+
 def _columns(rows: Sequence[tuple[Any, ...]]) -> list[list[Any]]:
     """PostgreSQL's bound values: one array per column (`_POSTGRES_ROWS`)."""
     return [list(column) for column in zip(*rows, strict=True)]

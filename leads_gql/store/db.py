@@ -25,6 +25,7 @@ from sqlalchemy.util import greenlet_spawn
 
 from leads_gql.config import ConfigError, Settings
 from leads_gql.errors import ServiceUnavailable
+from leads_gql.store import deferred
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 # pg_advisory_xact_lock key: instances starting together migrate one at a time.
@@ -37,9 +38,17 @@ MIN_SQLITE = (3, 35)
 
 
 # Indexes a migration makes only where the database allows (the trigram search
-# index needs the pg_trgm extension), or differently per database (retention's
+# indexes need the pg_trgm extension), or differently per database (retention's
 # index by createdDate): not in the models, not drift.
-OPTIONAL_INDEXES = frozenset({"ix_lead_contact_trgm", "ix_lead_created_date"})
+OPTIONAL_INDEXES = frozenset(
+    {
+        "ix_lead_name_trgm",
+        "ix_lead_email_trgm",
+        "ix_lead_phone_trgm",
+        "ix_lead_contact_trgm",  # migrations 0002-0004
+        "ix_lead_created_date",
+    }
+)
 
 
 def include_object(
@@ -260,6 +269,10 @@ async def migrate(engine: AsyncEngine) -> None:
                 await conn.exec_driver_sql("ROLLBACK")
                 raise
             await conn.exec_driver_sql("COMMIT")
+            return
+    # Indexes that an import put off and was killed before it built them.
+    async with driver_scope(engine) as driver:
+        await deferred.build_left_over(driver.connection)
 
 
 async def current_revision(engine: AsyncEngine) -> str | None:

@@ -675,6 +675,11 @@ class _Batch:
     positions: list[int]
     filled: dict[int, tuple[str, ...]]
     invalid: list[tuple[int, str]]
+    # PostgreSQL without --strict: the rows as COPY text (`bulk.copy_text`),
+    # made in the parsing process, instead of `rows`; the batch's shares
+    # (`_shares`) made there too, each with its text.
+    copy: bytes | None = None
+    shares: list[_Batch] | None = None
 
 
 @dataclasses.dataclass(slots=True)
@@ -735,9 +740,12 @@ def _dialect(drivername: str) -> Dialect:
     return make_url(f"{drivername}://").get_dialect()()
 
 
-def prepare(chunk: Chunk, naming: str, drivername: str, strict: bool) -> _Batch:
+def prepare(
+    chunk: Chunk, naming: str, drivername: str, strict: bool, copies: int = 0
+) -> _Batch:
     """Validate a chunk as creates and make its rows (for the database named by
-    its SQLAlchemy driver name). Runs in the parsing process (`_Parser`); with
+    its SQLAlchemy driver name), or with `copies`, its shares for that many
+    writers as COPY text. Runs in the parsing process (`_Parser`); with
     --strict it stops at the first invalid record."""
     now = datetime.now(UTC)
     created_date = statements.created_date_in(_dialect(drivername))
@@ -768,6 +776,12 @@ def prepare(chunk: Chunk, naming: str, drivername: str, strict: bool) -> _Batch:
             batch.invalid.append((position, f"{where}: invalid: {reasons}"))
         if strict:  # the rest of the chunk is never stored
             break
+    if copies:
+        batch.shares = [
+            _Batch(0, [], share.positions, share.filled, [], bulk.copy_text(share.rows))
+            for share in _shares(batch, copies)
+        ]
+        batch.rows, batch.positions, batch.filled = [], [], {}
     return batch
 
 
@@ -798,9 +812,9 @@ class _Parser:
     Results come back in the order submitted."""
 
     def __init__(
-        self, naming: str, drivername: str, strict: bool, processes: int
+        self, naming: str, drivername: str, strict: bool, processes: int, copies: int
     ) -> None:
-        self.args = (naming, drivername, strict)
+        self.args = (naming, drivername, strict, copies)
         self.processes = processes
         self.submitted = 0
         self.pool: ProcessPoolExecutor | None = None
@@ -894,6 +908,8 @@ def _shares(batch: _Batch, count: int) -> list[_Batch]:
     same in every process: a repeated id always goes to the same connection, so
     no writer waits on a row that another holds in its open transaction (two
     could wait on each other for ever)."""
+    if batch.shares is not None:  # made by `prepare`
+        return batch.shares
     if count == 1:
         return [batch]
     shares = [_Batch(0, [], [], {}, []) for _ in range(count)]
@@ -926,11 +942,15 @@ class Importer:
         re-run, an overlap), by INSERT ... ON CONFLICT DO NOTHING, which skips
         them, until a batch is all new again."""
         driver = writer.driver
-        if writer.copying and batch.rows:
-            if await bulk.copy_rows(driver, batch.rows):
-                writer.savepoints += 1
-                return _Outcome(stored=len(batch.rows))
-            writer.copying = False  # (its savepoint was rolled back)
+        if batch.copy is not None:
+            if not batch.positions:
+                return _Outcome()
+            if writer.copying:
+                if await bulk.copy_rows(driver, batch.copy):
+                    writer.savepoints += 1
+                    return _Outcome(stored=len(batch.positions))
+                writer.copying = False  # (its savepoint was rolled back)
+            batch.rows = bulk.rows_from_copy(batch.copy)
         stored = await bulk.insert_rows(driver, batch.rows)
         outcome = _Outcome(stored=sum(stored))
         if outcome.stored == len(stored):
@@ -1116,7 +1136,9 @@ class Importer:
         queue: asyncio.Queue[_Batch | None] = asyncio.Queue(maxsize=2)
         writer = asyncio.ensure_future(self._writer(queue))
         processes = PARSERS[_dialect(drivername).name]
-        parser = _Parser(self.source.naming, drivername, self.strict, processes)
+        # COPY text for each writer, where they store by COPY.
+        copies = len(self.writers) if self.writers[0].copying else 0
+        parser = _Parser(self.source.naming, drivername, self.strict, processes, copies)
         parsing: collections.deque[asyncio.Future[_Batch]]
         parsing = collections.deque()
         broken: Exception | None = None

@@ -17,6 +17,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,7 @@ from leads_gql import cli, importer
 from leads_gql.config import Settings
 from leads_gql.errors import InvalidInput
 from leads_gql.models import Lead, LeadCreate, lead_to_dict
-from leads_gql.store import db
+from leads_gql.store import bulk, db, statements
 from tests.conftest import PG_SKIP, _pg_admin, new_id, pg_url_for
 from tests.server import CLI, Server, cli_env, run_cli
 
@@ -249,6 +250,32 @@ def test_the_fast_path_agrees_with_the_validation(record: dict[str, Any]) -> Non
     assert LeadCreate.parse(record) == fast
     slow = LeadCreate.parse(record)
     assert repr(slow.created_date) == repr(fast.created_date)
+
+
+AWKWARD = st.text(
+    st.sampled_from(["a", "é", "\\", "\t", "\n", "\r", "N", " ", "\u2028"]), max_size=8
+)
+
+
+@hypothesis_settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(records(), AWKWARD, AWKWARD), max_size=6))
+def test_copy_text_reads_back_as_the_rows(
+    drawn: list[tuple[dict[str, Any], str, str]],
+) -> None:
+    """The COPY text that the parsing processes make (PostgreSQL) reads back as
+    the rows it was made of: NULLs, backslashes, tabs and line breaks in values
+    included."""
+    created_date = statements.created_date_in(importer._dialect("postgresql+asyncpg"))
+    rows = []
+    for record, name, chat_id in drawn:
+        try:
+            create = LeadCreate.parse(
+                {**record, "name": name or None, "chatId": chat_id}
+            )
+        except InvalidInput:
+            continue
+        rows.append(bulk.as_row(create.to_lead(datetime.now(UTC)), created_date))
+    assert bulk.rows_from_copy(bulk.copy_text(rows)) == rows
 
 
 def test_the_fast_path_takes_the_everyday_lead() -> None:
@@ -544,6 +571,24 @@ def test_a_clean_file_exits_zero_and_strict_stores_everything(
     assert stored(database_url) == {x["id"]: expected(x) for x in leads}
     status, out, _ = run(database_url, str(path))
     assert status == 0 and summary(out)["already present"] == 5
+
+
+def test_values_with_tabs_line_breaks_and_backslashes_are_stored_as_they_are(
+    tmp_path: Path, database_url: str, run: Run
+) -> None:
+    """What COPY's text format escapes (PostgreSQL) goes in unchanged."""
+    leads = [
+        lead(name="tab\there, new\nline\r\n, back\\slash, \\N", chatId="\\N"),
+        lead(name="\\", email=None, chatId="a\tb"),
+        lead(name="plain"),
+    ]
+    path = tmp_path / "awkward.ndjson"
+    path.write_bytes(ndjson(*leads))
+    status, out, err = run(database_url, str(path))
+    assert (status, err) == (0, "") and summary(out)["stored"] == 3
+    assert stored(database_url) == {x["id"]: expected(x) for x in leads}
+    status, out, _ = run(database_url, str(path))  # by INSERT, compared
+    assert status == 0 and summary(out)["already present"] == 3
 
 
 def test_strict_with_an_empty_file_stores_nothing_and_exits_zero(

@@ -97,6 +97,16 @@ def test_an_import_into_the_empty_table_builds_its_indexes_after(
     assert summary(out)["stored"] == 300 and len(stored(database_url)) == 300
     assert indexes(database_url) == before and waiting(database_url) == []
 
+    # With --strict, refused: nothing stored, the indexes built all the same.
+    asyncio.run(_query(database_url, "TRUNCATE lead"))
+    status, out, err = run(database_url, "--strict", str(path))
+    assert status == 1 and f"its 7 {PUT_OFF}" in err and "built 7 indexes" in err
+    assert stored(database_url) == {}
+    assert indexes(database_url) == before and waiting(database_url) == []
+    path.write_bytes(ndjson(*leads))
+    status, out, err = run(database_url, "--strict", str(path))
+    assert status == 0 and summary(out)["stored"] == 300
+
     # Into a table that holds leads, the indexes stay.
     path.write_bytes(ndjson(*(lead(name=f"More {n}") for n in range(200))))
     status, out, err = run(database_url, str(path))

@@ -80,7 +80,8 @@ async def put_off(connection: Any) -> int:
                 indexes,
             )
             for name, _ in indexes:
-                await connection.execute(f'DROP INDEX "{name}"')
+                quoted = name.replace('"', '""')
+                await connection.execute(f'DROP INDEX "{quoted}"')
     except Exception as error:
         with contextlib.suppress(Exception):  # (the connection may be gone)
             await _unlock(connection)

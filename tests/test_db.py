@@ -144,7 +144,7 @@ async def test_migrations_go_down_and_up_again(engine: AsyncEngine) -> None:
                 "ix_lead_created_date",
                 "ix_lead_email_lower",
             }
-    assert await db.current_revision(engine) == db.head_revision() == "0005"
+    assert await db.current_revision(engine) == db.head_revision() == "0004"
     await db.check_schema(engine)
 
 
@@ -162,8 +162,7 @@ async def test_search_uses_the_trigram_index_on_postgresql(
         plan = " ".join(
             str(row[0]) for row in await conn.exec_driver_sql(f"EXPLAIN {query}")
         )
-    for field in ("name", "email", "phone"):
-        assert f"ix_lead_{field}_trgm" in plan
+    assert "ix_lead_contact_trgm" in plan
 
 
 async def test_sqlite_runs_in_wal_mode_with_a_busy_timeout(tmp_path: object) -> None:

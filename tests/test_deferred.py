@@ -85,14 +85,14 @@ def test_an_import_into_the_empty_table_builds_its_indexes_after(
 ) -> None:
     monkeypatch.setattr(importer, "PUT_OFF_FROM", 100)
     before = indexes(database_url)
-    assert len(before) == 8  # the primary key and seven others
+    assert len(before) == 6  # the primary key and five others
     leads = [lead(name=f"Lead {n}") for n in range(300)]
     path = tmp_path / "leads.ndjson"
     path.write_bytes(ndjson(*leads[:150], b"{not json", *leads[150:]))
 
     status, out, err = run(database_url, str(path))
     assert status == 1  # the line that is not JSON
-    assert f"its 7 {PUT_OFF}" in err and "built 7 indexes in" in err
+    assert f"its 5 {PUT_OFF}" in err and "built 5 indexes in" in err
     assert "line 151: is not valid JSON" in err
     assert summary(out)["stored"] == 300 and len(stored(database_url)) == 300
     assert indexes(database_url) == before and waiting(database_url) == []
@@ -100,7 +100,7 @@ def test_an_import_into_the_empty_table_builds_its_indexes_after(
     # With --strict, refused: nothing stored, the indexes built all the same.
     asyncio.run(_query(database_url, "TRUNCATE lead"))
     status, out, err = run(database_url, "--strict", str(path))
-    assert status == 1 and f"its 7 {PUT_OFF}" in err and "built 7 indexes" in err
+    assert status == 1 and f"its 5 {PUT_OFF}" in err and "built 5 indexes" in err
     assert stored(database_url) == {}
     assert indexes(database_url) == before and waiting(database_url) == []
     path.write_bytes(ndjson(*leads))
@@ -121,7 +121,7 @@ def test_a_small_import_keeps_the_indexes(
     path.write_bytes(ndjson(*(lead() for _ in range(50))))
     status, out, err = run(database_url, str(path))
     assert (status, err) == (0, "") and summary(out)["stored"] == 50
-    assert len(indexes(database_url)) == 8
+    assert len(indexes(database_url)) == 6
 
 
 @pytest.mark.slow
@@ -152,7 +152,7 @@ def test_an_import_killed_with_its_indexes_off_leaves_them_to_migrate(
         importing.wait(10)
         if importing.stderr is not None:
             importing.stderr.close()
-    assert len(waiting(database_url)) == 7
+    assert len(waiting(database_url)) == 5
     assert set(indexes(database_url)) == {"lead_pkey"}
     kept = len(stored(database_url))  # committed before the kill
     assert kept < len(leads)
@@ -179,16 +179,16 @@ def test_migrate_leaves_the_indexes_to_the_import_that_has_them_off(
             await _connect(database_url),
         )
         try:
-            assert await deferred.put_off(importing) == 7
+            assert await deferred.put_off(importing) == 5
             # A second import, and a `migrate` meanwhile, leave them alone.
             assert await deferred.put_off(migrating) == 0
             assert await deferred.build_left_over(migrating) == 0
             count = "SELECT count(*) FROM deferred_index"
-            assert await migrating.fetchval(count) == 7
+            assert await migrating.fetchval(count) == 5
         finally:
             await importing.close()  # killed: its session, and lock, end
         try:
-            assert await deferred.build_left_over(migrating) == 7
+            assert await deferred.build_left_over(migrating) == 5
         finally:
             await migrating.close()
 

@@ -38,17 +38,9 @@ MIN_SQLITE = (3, 35)
 
 
 # Indexes a migration makes only where the database allows (the trigram search
-# indexes need the pg_trgm extension), or differently per database (retention's
+# index needs the pg_trgm extension), or differently per database (retention's
 # index by createdDate): not in the models, not drift.
-OPTIONAL_INDEXES = frozenset(
-    {
-        "ix_lead_name_trgm",
-        "ix_lead_email_trgm",
-        "ix_lead_phone_trgm",
-        "ix_lead_contact_trgm",  # migrations 0002-0004
-        "ix_lead_created_date",
-    }
-)
+OPTIONAL_INDEXES = frozenset({"ix_lead_contact_trgm", "ix_lead_created_date"})
 
 
 def include_object(

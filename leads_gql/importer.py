@@ -84,8 +84,9 @@ BYTES_PER_LEAD = 250
 # Chunks parsing ahead of the one handed to the writer, per parsing process.
 PARSE_AHEAD = 2
 # Parsing processes. Into PostgreSQL, whose COPY leaves the importer's own work
-# the larger part, two (a million leads: 13.9 s instead of 15.9 with one; into
-# SQLite the writer keeps a core busy itself).
+# the larger part, two (a million leads into the table with its indexes put
+# off: 13.9 s instead of 15.9 with one); into SQLite one, beside the writer,
+# which keeps a core busy itself.
 PARSERS = {"sqlite": 1, "postgresql": 2}
 
 

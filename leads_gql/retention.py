@@ -99,7 +99,7 @@ class Retention:
             if driver.sqlite:
                 return await self._purge(driver, before)
             locked = await driver.connection.fetchval(
-                statements.TRY_RETENTION_LOCK, statements.RETENTION_LOCK_KEY
+                statements.TRY_LOCK, statements.RETENTION_LOCK_KEY
             )
             if not locked:
                 return None
@@ -110,11 +110,11 @@ class Retention:
                 # it (db.driver_scope), and the server drops its session locks.
                 with contextlib.suppress(Exception):
                     await driver.connection.execute(
-                        statements.RETENTION_UNLOCK, statements.RETENTION_LOCK_KEY
+                        statements.UNLOCK, statements.RETENTION_LOCK_KEY
                     )
                 raise
             await driver.connection.execute(
-                statements.RETENTION_UNLOCK, statements.RETENTION_LOCK_KEY
+                statements.UNLOCK, statements.RETENTION_LOCK_KEY
             )
             return deleted
 

@@ -57,12 +57,12 @@ def pg_url_for(database: str) -> str:
     return f"{head}/{database}"
 
 
-@pytest.fixture(scope="session")
-def pg_database() -> Iterator[str]:
-    """A fresh PostgreSQL database for this test session, migrated to head."""
+def fresh_pg_database(prefix: str) -> Iterator[str]:
+    """A new PostgreSQL database migrated to head, dropped afterwards (a
+    fixture's body); skips without LEADS_TEST_DATABASE_URL."""
     if not PG_ADMIN_URL:
         pytest.skip(PG_SKIP)
-    name = f"leads_test_{uuid.uuid4().hex[:12]}"
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
     asyncio.run(_pg_admin(f'CREATE DATABASE "{name}"'))
     url = pg_url_for(name)
 
@@ -76,6 +76,12 @@ def pg_database() -> Iterator[str]:
     asyncio.run(migrate())
     yield url
     asyncio.run(_pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(scope="session")
+def pg_database() -> Iterator[str]:
+    """A fresh PostgreSQL database for this test session, migrated to head."""
+    yield from fresh_pg_database("leads_test")
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,6 @@ import asyncio
 import signal
 import subprocess
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,9 +16,8 @@ from typing import Any
 import pytest
 
 from leads_gql import importer
-from leads_gql.config import Settings
-from leads_gql.store import db, deferred
-from tests.conftest import PG_ADMIN_URL, PG_SKIP, _pg_admin, pg_url_for
+from leads_gql.store import deferred, statements
+from tests.conftest import fresh_pg_database
 from tests.server import CLI, cli_env, run_cli
 from tests.test_import import Run, lead, ndjson, plain_url, stored, summary
 
@@ -31,20 +29,7 @@ PUT_OFF = "secondary indexes are built once the leads are in"
 @pytest.fixture
 def database_url() -> Iterator[str]:
     """A fresh database, migrated to head, dropped afterwards."""
-    if not PG_ADMIN_URL:
-        pytest.skip(PG_SKIP)
-    name = f"leads_deferred_{uuid.uuid4().hex[:12]}"
-    asyncio.run(_pg_admin(f'CREATE DATABASE "{name}"'))
-    url = pg_url_for(name)
-
-    async def migrate() -> None:
-        engine = db.make_engine(Settings(database_url=url))
-        await db.migrate(engine)
-        await engine.dispose()
-
-    asyncio.run(migrate())
-    yield url
-    asyncio.run(_pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    yield from fresh_pg_database("leads_deferred")
 
 
 @pytest.fixture
@@ -197,6 +182,27 @@ def test_migrate_leaves_the_indexes_to_the_import_that_has_them_off(
     assert indexes(database_url) == before and waiting(database_url) == []
 
 
+def test_a_retention_sweep_does_not_stop_an_import_putting_indexes_off(
+    database_url: str,
+) -> None:
+    """The two take session locks of their own (before, they shared a key)."""
+
+    async def scenario() -> None:
+        importing, sweeping = await _connect(database_url), await _connect(database_url)
+        try:
+            lock = statements.TRY_LOCK
+            assert await sweeping.fetchval(lock, statements.RETENTION_LOCK_KEY)
+            assert await deferred.put_off(importing) == 5
+            assert await deferred.build([importing]) == 5
+        finally:
+            await importing.close()
+            await sweeping.close()
+
+    before = indexes(database_url)
+    asyncio.run(scenario())
+    assert indexes(database_url) == before and waiting(database_url) == []
+
+
 def test_a_table_that_holds_leads_or_is_busy_keeps_its_indexes(
     tmp_path: Path, database_url: str, run: Run, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -217,7 +223,7 @@ def test_a_table_that_holds_leads_or_is_busy_keeps_its_indexes(
             assert await deferred.put_off(importing) == 0
             # The advisory lock was let go both times.
             assert await other.fetchval(
-                "SELECT pg_try_advisory_lock($1)", deferred.LOCK_KEY
+                statements.TRY_LOCK, statements.INDEX_BUILD_LOCK_KEY
             )
         finally:
             await importing.close()

@@ -275,7 +275,7 @@ async def test_one_instance_sweeps_at_a_time(
         try:
             async with db.driver_scope(holder) as driver:
                 assert await driver.connection.fetchval(
-                    statements.TRY_RETENTION_LOCK, statements.RETENTION_LOCK_KEY
+                    statements.TRY_LOCK, statements.RETENTION_LOCK_KEY
                 )
             await seed(engine, 3, ago(DAY * 30), new_id())
             assert await sweepers[0].sweep() is None

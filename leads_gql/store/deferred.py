@@ -26,10 +26,10 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
+from leads_gql.store import statements
+
 logger = logging.getLogger("leads_gql.store")
 
-# pg_advisory_lock key: held by an import while it has indexes put off.
-LOCK_KEY = 0x1EAD6
 # How long an import waits to lock the table before it keeps the indexes (other
 # instances are using it: they go first).
 LOCK_TIMEOUT = "2s"
@@ -62,7 +62,7 @@ async def put_off(connection: Any) -> int:
     """Drop the secondary indexes of `lead` if it is empty and no other import
     has put them off; how many. The advisory lock stays with `connection` until
     `build` (or its session ends)."""
-    if not await connection.fetchval("SELECT pg_try_advisory_lock($1)", LOCK_KEY):
+    if not await _lock(connection):
         return 0  # another import has them off, and builds them at its end
     try:
         async with connection.transaction():
@@ -121,7 +121,7 @@ async def build_left_over(connection: Any) -> int:
     (it was killed), unless an import is running (it builds them); how many."""
     if not await connection.fetchval("SELECT EXISTS (SELECT 1 FROM deferred_index)"):
         return 0
-    if not await connection.fetchval("SELECT pg_try_advisory_lock($1)", LOCK_KEY):
+    if not await _lock(connection):
         return 0
     names = [name for name, _ in await connection.fetch(_WAITING)]
     logger.warning(
@@ -132,5 +132,11 @@ async def build_left_over(connection: Any) -> int:
     return await build([connection])
 
 
+async def _lock(connection: Any) -> bool:
+    """The session lock of an import with indexes put off, if free."""
+    key = statements.INDEX_BUILD_LOCK_KEY
+    return bool(await connection.fetchval(statements.TRY_LOCK, key))
+
+
 async def _unlock(connection: Any) -> None:
-    await connection.execute("SELECT pg_advisory_unlock($1)", LOCK_KEY)
+    await connection.execute(statements.UNLOCK, statements.INDEX_BUILD_LOCK_KEY)

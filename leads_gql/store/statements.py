@@ -208,8 +208,11 @@ COUNT_EXPIRED = {
     "postgresql": "SELECT count(*) FROM lead WHERE (created_date AT TIME ZONE 'UTC') "
     "< ($1::timestamptz AT TIME ZONE 'UTC')",
 }
-# One retention sweep at a time across the instances over one PostgreSQL: a
-# session lock, held for a sweep on the connection that runs its batches.
+# PostgreSQL session locks, one key each (db.MIGRATION_LOCK_KEY is 0x1EAD5):
+# one retention sweep at a time across the instances over one PostgreSQL, held
+# for a sweep on the connection that runs its batches; and an import's indexes
+# put off (deferred.py), held until it has built them.
 RETENTION_LOCK_KEY = 0x1EAD6
-TRY_RETENTION_LOCK = "SELECT pg_try_advisory_lock($1)"
-RETENTION_UNLOCK = "SELECT pg_advisory_unlock($1)"
+INDEX_BUILD_LOCK_KEY = 0x1EAD7
+TRY_LOCK = "SELECT pg_try_advisory_lock($1)"
+UNLOCK = "SELECT pg_advisory_unlock($1)"

@@ -42,7 +42,14 @@ from sqlalchemy.engine import Dialect, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from leads_gql.errors import FieldError, InvalidInput
-from leads_gql.models import INPUT_FIELDS, UUID_RE, LeadCreate, StoredLead
+from leads_gql.models import (
+    INPUT_FIELDS,
+    UUID_RE,
+    LeadCreate,
+    StoredLead,
+    phone_digits,
+    plain_lead,
+)
 from leads_gql.store import bulk, db, deferred, statements
 
 # Records per chunk (CSV, JSON, Flowise; NDJSON goes by BLOCK): large enough
@@ -747,30 +754,46 @@ def prepare(
     """Validate a chunk as creates and make its rows (for the database named by
     its SQLAlchemy driver name), or with `copies`, its shares for that many
     writers as COPY text. Runs in the parsing process (`_Parser`); with
-    --strict it stops at the first invalid record."""
+    --strict it stops at the first invalid record.
+
+    An everyday record with every field (`plain_lead`) becomes its row at once;
+    any other is validated in full (`_validate`) and explained if invalid, and
+    where it gives no chatId or createdDate the import fills them in."""
     now = datetime.now(UTC)
-    created_date = statements.created_date_in(_dialect(drivername))
-    plain = LeadCreate.parse_plain
+    dialect = _dialect(drivername)
+    created_date = statements.created_date_in(dialect)
+    instant = bulk.copy_instant if copies else statements.plain_instant_in(dialect)
     records = chunk.records() if isinstance(chunk, Lines) else chunk
     batch = _Batch(len(records), [], [], {}, [])
+    rows, positions = batch.rows, batch.positions
     for position, record in records:
         data = _decode(position, record) if isinstance(record, bytes) else record
         if isinstance(data, str):
             batch.invalid.append((position, f"{label(naming, position, data)}: {data}"))
         else:
-            create = plain(data)
-            errors: list[FieldError] = []
-            if create is None or create.id is None:
-                create, errors = _validate(data)
+            lead = plain_lead(data)
+            if lead is not None and lead[0] and lead[5]:
+                lead_id, name, email, phone, flow, chat_id, created = lead
+                if created is not None:
+                    rows.append(
+                        (lead_id, name, email, phone, flow, chat_id, instant(created),
+                         phone_digits(phone))
+                    )  # fmt: skip
+                    positions.append(position)
+                    continue
+            create, errors = _validate(data)
             if create is not None and not errors:
                 if create.chat_id is None or create.created_date is None:
-                    batch.filled[len(batch.rows)] = tuple(
+                    batch.filled[len(rows)] = tuple(
                         attr
                         for attr in ("chat_id", "created_date")
                         if getattr(create, attr) is None
                     )
-                batch.rows.append(bulk.as_row(create.to_lead(now), created_date))
-                batch.positions.append(position)
+                row = bulk.as_row(create.to_lead(now), created_date)
+                if copies:
+                    row = (*row[:6], bulk.copy_instant(row[6]), row[7])
+                rows.append(row)
+                positions.append(position)
                 continue
             reasons = "; ".join(_message(e) for e in errors)
             where = label(naming, position, data)

@@ -173,11 +173,20 @@ _UNESCAPE = {"\\": "\\", "t": "\t", "n": "\n", "r": "\r"}
 _ESCAPED = re.compile(r"\\(.)", re.DOTALL)
 
 
+def copy_instant(value: datetime | str) -> str:
+    """A row's created date as COPY text: a datetime's ISO form, or a
+    `models.PlainLead`'s createdDate text, which PostgreSQL reads as it is once
+    it says UTC."""
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return value if value.endswith("Z") else value + "Z"
+
+
 def copy_text(rows: Sequence[tuple[Any, ...]]) -> bytes:
-    """PostgreSQL rows (`as_row`) as COPY text: what the importer's parsing
-    processes hand over instead of the rows (a bytes object costs nothing to
-    pass between processes, where rows cost their pickling twice, and the
-    driver's encoding of them once more)."""
+    """PostgreSQL rows (`as_row`, the created date as `copy_instant` text) as
+    COPY text: what the importer's parsing processes hand over instead of the
+    rows (a bytes object costs nothing to pass between processes, where rows
+    cost their pickling twice, and the driver's encoding of them once more)."""
     texts = (row[k] for row in rows for k in (1, 2, 3, 5))  # name ... chat_id
     if _SPECIAL.search("".join([v for v in texts if v is not None])):
         return _escaped_text(rows)  # (a value holds a tab, a newline...)
@@ -185,8 +194,7 @@ def copy_text(rows: Sequence[tuple[Any, ...]]) -> bytes:
     return "".join(
         [
             f"{i}\t{n if a is None else a}\t{n if e is None else e}\t"
-            f"{n if p is None else p}\t{f}\t{c}\t{t.isoformat()}\t"
-            f"{n if d is None else d}\n"
+            f"{n if p is None else p}\t{f}\t{c}\t{t}\t{n if d is None else d}\n"
             for i, a, e, p, f, c, t, d in rows
         ]
     ).encode()
@@ -195,14 +203,7 @@ def copy_text(rows: Sequence[tuple[Any, ...]]) -> bytes:
 def _escaped_text(rows: Sequence[tuple[Any, ...]]) -> bytes:
     lines = []
     for row in rows:
-        values = (
-            _NULL
-            if value is None
-            else value.isoformat()
-            if k == 6
-            else value.translate(_ESCAPE)
-            for k, value in enumerate(row)
-        )
+        values = (_NULL if v is None else v.translate(_ESCAPE) for v in row)
         lines.append("\t".join(values) + "\n")
     return "".join(lines).encode()
 

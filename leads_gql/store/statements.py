@@ -15,7 +15,7 @@ from typing import Any
 
 from sqlalchemy import Dialect, Table
 
-from leads_gql.models import Lead
+from leads_gql.models import Lead, plain_instant
 from leads_gql.store.json_lists import lead_json_sql
 
 LEAD: Table = Lead.metadata.tables["lead"]
@@ -83,6 +83,22 @@ def created_date_in(dialect: Dialect) -> Callable[[Any], Any]:
         if value.tzinfo is UTC:
             return value.replace(tzinfo=None).isoformat(" ", "microseconds")
         return convert(value)
+
+    return sqlite_text
+
+
+@functools.lru_cache(maxsize=16)
+def plain_instant_in(dialect: Dialect) -> Callable[[str], Any]:
+    """`created_date_in` of a createdDate text the importer's fast path checked
+    (`models.PlainLead`): on SQLite the stored text made from it by slicing (its
+    shapes are fixed), with no datetime in between; tests/test_db.py compares."""
+    if dialect.name != "sqlite":
+        convert = created_date_in(dialect)
+        return lambda text: convert(plain_instant(text))
+
+    def sqlite_text(text: str) -> str:
+        # YYYY-MM-DD[T ]HH:MM:SS, then .fff or .ffffff, then Z, each optional
+        return f"{text[:10]} {text[11:19]}.{text[20:].rstrip('Z'):0<6}"
 
     return sqlite_text
 

@@ -456,7 +456,7 @@ def database_rate(db: str, url: str, data: Path, count: int) -> dict[str, Any]:
     beforehand by the importer's own `prepare` (not timed), stored as the importer
     stores them (GROUP_LEADS leads a transaction, `count` connections each
     storing its `_shares` at its own pace; on SQLite by `bulk.insert_rows`, on
-    PostgreSQL by `bulk.copy_rows`, the indexes put off and built after, as into
+    PostgreSQL by `bulk.copy_rows`; the indexes put off and built after, as into
     an empty table), with nothing else to do (the split is made beforehand too).
     The importer's rate over this one is what validating, in the same two
     cores, costs it."""
@@ -487,8 +487,7 @@ def database_rate(db: str, url: str, data: Path, count: int) -> dict[str, Any]:
                     )
                 shares = [importer._shares(batch, count) for batch in batches]
                 start = time.perf_counter()
-                if db == "postgres":
-                    await deferred.put_off(drivers[0].connection)
+                await deferred.put_off(drivers[0].connection)
 
                 async def lane(k: int) -> None:
                     # As Importer._lane: its own transactions, at its own pace.
@@ -515,8 +514,7 @@ def database_rate(db: str, url: str, data: Path, count: int) -> dict[str, Any]:
                         await transaction.commit()
 
                 await asyncio.gather(*(lane(k) for k in range(count)))
-                if db == "postgres":
-                    await deferred.build([d.connection for d in drivers])
+                await deferred.build([d.connection for d in drivers])
                 return time.perf_counter() - start
         finally:
             await engine.dispose()

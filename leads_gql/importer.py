@@ -82,7 +82,7 @@ POSTGRES_WRITERS = 2
 SAVEPOINTS = 60
 # NDJSON is read in blocks of this many bytes (whole lines; a chunk each).
 BLOCK = 1 << 20
-# PostgreSQL: an import of at least this many leads into the empty table puts
+# An import of at least this many leads into the empty table puts
 # the table's indexes off until the leads are in (store/deferred.py); a smaller
 # one maintains them as it goes, which costs it little. The size of a file is
 # judged by its bytes (our exports: 150-250 bytes a lead).
@@ -1215,7 +1215,7 @@ class Importer:
                 first, put_off = self.writers[0].driver.connection, 0
                 if sqlite:  # one writer
                     await first.execute(f"PRAGMA cache_size = -{SQLITE_CACHE_KIB}")
-                elif (await self.source.size() or 0) >= PUT_OFF_FROM:
+                if (await self.source.size() or 0) >= PUT_OFF_FROM:
                     put_off = await deferred.put_off(first)
                 if put_off:
                     self.progress.report(
@@ -1243,9 +1243,10 @@ class Importer:
         self, engine: AsyncEngine, scope: contextlib.AsyncExitStack
     ) -> None:
         """Build the indexes put off (`deferred.build`), on as many connections
-        as the import writes with on PostgreSQL."""
+        as the import writes with on PostgreSQL (SQLite: its one)."""
         connections = [writer.driver.connection for writer in self.writers]
-        while len(connections) < POSTGRES_WRITERS:  # --strict writes with one
+        while not self.writers[0].driver.sqlite and len(connections) < POSTGRES_WRITERS:
+            # (--strict writes with one)
             driver = await scope.enter_async_context(db.driver_scope(engine))
             connections.append(driver.connection)
         self.progress.report("building the indexes...")

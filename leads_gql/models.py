@@ -91,7 +91,7 @@ class Lead(LeadBase, table=True):
 class DeferredIndex(SQLModel, table=True):
     """An index of `lead` that an import into the empty table dropped, to build
     in one pass once the leads are in (store/deferred.py): its name and its
-    definition, as PostgreSQL gave it."""
+    definition, as the database gave it."""
 
     __tablename__ = "deferred_index"
 

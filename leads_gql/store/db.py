@@ -261,7 +261,6 @@ async def migrate(engine: AsyncEngine) -> None:
                 await conn.exec_driver_sql("ROLLBACK")
                 raise
             await conn.exec_driver_sql("COMMIT")
-            return
     # Indexes that an import put off and was killed before it built them.
     async with driver_scope(engine) as driver:
         await deferred.build_left_over(driver.connection)

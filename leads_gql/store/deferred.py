@@ -14,17 +14,25 @@ midway cannot lose one: the next `migrate` (which `serve` and `import` run)
 builds what is left (`build_left_over`). An import holds an advisory lock while
 its indexes are off, so a `migrate` meanwhile leaves them to it.
 
-Works on asyncpg connections (PostgreSQL only; SQLite's import keeps its
-indexes, which it maintains cheaply enough).
+SQLite gains as much (a million leads: 23 s with the four indexes maintained,
+12 s without them and 5 s to build them), on its one connection. It has no
+advisory locks: the import holds an exclusive `flock` on a file beside the
+database (`<database>-import`, left in place: removing a lock file races with
+the next to open it), which the kernel lets go when the process ends, killed
+or not.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
+import os
 from collections.abc import Sequence
 from typing import Any
+
+import aiosqlite
 
 from leads_gql.store import statements
 
@@ -62,6 +70,8 @@ async def put_off(connection: Any) -> int:
     """Drop the secondary indexes of `lead` if it is empty and no other import
     has put them off; how many. The advisory lock stays with `connection` until
     `build` (or its session ends)."""
+    if isinstance(connection, aiosqlite.Connection):
+        return await _sqlite_put_off(connection)
     if not await _lock(connection):
         return 0  # another import has them off, and builds them at its end
     try:
@@ -97,6 +107,8 @@ async def build(connections: Sequence[Any]) -> int:
     """Build every index waiting in `deferred_index`, the connections sharing
     them; how many. Then let go of the advisory lock (held by the first
     connection)."""
+    if isinstance(connections[0], aiosqlite.Connection):
+        return await _sqlite_build(connections[0])
     try:
         waiting = list(await connections[0].fetch(_WAITING))
         built = len(waiting)
@@ -119,6 +131,8 @@ async def build(connections: Sequence[Any]) -> int:
 async def build_left_over(connection: Any) -> int:
     """`migrate`: build the indexes that an import put off and could not build
     (it was killed), unless an import is running (it builds them); how many."""
+    if isinstance(connection, aiosqlite.Connection):
+        return await _sqlite_build_left_over(connection)
     if not await connection.fetchval("SELECT EXISTS (SELECT 1 FROM deferred_index)"):
         return 0
     if not await _lock(connection):
@@ -140,3 +154,109 @@ async def _lock(connection: Any) -> bool:
 
 async def _unlock(connection: Any) -> None:
     await connection.execute(statements.UNLOCK, statements.INDEX_BUILD_LOCK_KEY)
+
+
+# -- SQLite ------------------------------------------------------------------------
+
+_SQLITE_SECONDARY = """
+SELECT name, sql FROM sqlite_master
+WHERE type = 'index' AND tbl_name = 'lead' AND sql IS NOT NULL
+  AND sql NOT LIKE 'CREATE UNIQUE %'
+ORDER BY name
+"""
+# Lock files held by this process: database path -> descriptor.
+_held: dict[str, int] = {}
+
+
+async def _sqlite_put_off(connection: aiosqlite.Connection) -> int:
+    path = await _sqlite_path(connection)
+    if path is None or not _sqlite_lock(path):
+        return 0  # in memory, or another import has them off
+    try:
+        await connection.execute("BEGIN IMMEDIATE")  # the table stays empty
+        try:
+            indexes: list[Any] = []
+            if not await connection.execute_fetchall("SELECT 1 FROM lead LIMIT 1"):
+                indexes = list(await connection.execute_fetchall(_SQLITE_SECONDARY))
+            await connection.executemany(
+                "INSERT INTO deferred_index (name, definition) VALUES (?, ?) "
+                "ON CONFLICT (name) DO NOTHING",
+                indexes,
+            )
+            for name, _ in indexes:
+                quoted = name.replace('"', '""')
+                await connection.execute(f'DROP INDEX "{quoted}"')
+        except BaseException:
+            await connection.execute("ROLLBACK")
+            raise
+        await connection.execute("COMMIT")
+    except BaseException:
+        _sqlite_unlock(path)
+        raise
+    if not indexes:
+        _sqlite_unlock(path)
+    return len(indexes)
+
+
+async def _sqlite_build(connection: aiosqlite.Connection) -> int:
+    path = await _sqlite_path(connection)
+    try:
+        waiting = list(await connection.execute_fetchall(_WAITING))
+        for name, definition in waiting:
+            await connection.execute("BEGIN IMMEDIATE")
+            try:
+                await connection.execute(if_not_exists(definition))
+                await connection.execute(
+                    "DELETE FROM deferred_index WHERE name = ?", (name,)
+                )
+            except BaseException:
+                await connection.execute("ROLLBACK")
+                raise
+            await connection.execute("COMMIT")
+        return len(waiting)
+    finally:
+        if path is not None:
+            _sqlite_unlock(path)
+
+
+async def _sqlite_build_left_over(connection: aiosqlite.Connection) -> int:
+    if not await connection.execute_fetchall("SELECT 1 FROM deferred_index LIMIT 1"):
+        return 0
+    path = await _sqlite_path(connection)
+    if path is None or not _sqlite_lock(path):
+        return 0
+    names = [name for name, _ in await connection.execute_fetchall(_WAITING)]
+    logger.warning(
+        "building %d index(es) that an interrupted import left unbuilt: %s",
+        len(names),
+        ", ".join(names),
+    )
+    return await _sqlite_build(connection)
+
+
+async def _sqlite_path(connection: aiosqlite.Connection) -> str | None:
+    """The main database's file; None in memory."""
+    for _, schema, path in await connection.execute_fetchall("PRAGMA database_list"):
+        if schema == "main":
+            return str(path) or None
+    return None
+
+
+def _sqlite_lock(path: str) -> bool:
+    """Take the import's lock of the database at `path`, if free."""
+    if path in _held:
+        return False  # (this process has it: another import in it)
+    descriptor = os.open(f"{path}-import", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(descriptor)
+        return False
+    _held[path] = descriptor
+    return True
+
+
+def _sqlite_unlock(path: str) -> None:
+    descriptor = _held.pop(path, None)
+    if descriptor is not None:
+        os.close(descriptor)  # (closing lets go of the flock)

@@ -1245,8 +1245,8 @@ class Importer:
         """Build the indexes put off (`deferred.build`), on as many connections
         as the import writes with on PostgreSQL (SQLite: its one)."""
         connections = [writer.driver.connection for writer in self.writers]
+        # PostgreSQL builds on two, though --strict wrote with one.
         while not self.writers[0].driver.sqlite and len(connections) < POSTGRES_WRITERS:
-            # (--strict writes with one)
             driver = await scope.enter_async_context(db.driver_scope(engine))
             connections.append(driver.connection)
         self.progress.report("building the indexes...")

@@ -108,7 +108,11 @@ def test_migrate_leaves_the_indexes_to_the_import_that_has_them_off(
                 assert await deferred.put_off(other) == 0
                 assert await deferred.build_left_over(other) == 0
             assert len(waiting(database)) == 4
+            await importing.execute("PRAGMA cache_size = -131072")  # the import's
             assert await deferred.build([importing]) == 4
+            # (built with a smaller cache: SQLite's sorter would take as much)
+            cache = await importing.execute_fetchall("PRAGMA cache_size")
+            assert list(cache) == [(-131072,)]
             # Built and let go: the next import may put them off again.
             assert await deferred.put_off(importing) == 4
             assert await deferred.build([importing]) == 4

@@ -91,7 +91,7 @@ def created_date_in(dialect: Dialect) -> Callable[[Any], Any]:
 def plain_instant_in(dialect: Dialect) -> Callable[[str], Any]:
     """`created_date_in` of a createdDate text the importer's fast path checked
     (`models.PlainLead`): on SQLite the stored text made from it by slicing (its
-    shapes are fixed), with no datetime in between; tests/test_db.py compares."""
+    shapes are fixed), with no datetime in between; tests/test_import.py compares."""
     if dialect.name != "sqlite":
         convert = created_date_in(dialect)
         return lambda text: convert(plain_instant(text))

@@ -65,6 +65,27 @@ def waiting(database_url: str) -> list[str]:
     return sorted(name for (name,) in rows)
 
 
+def kill_once_put_off(path: Path, cwd: Path, env: dict[str, str]) -> None:
+    """`leads-gql import PATH`, SIGKILLed once it has put the indexes off and
+    stored for a moment (shared with tests/test_deferred_sqlite.py)."""
+    importing = subprocess.Popen(
+        [*CLI, "import", str(path)], cwd=cwd, env=env,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert importing.stderr is not None
+        first = importing.stderr.readline()
+        assert PUT_OFF in first, first
+        time.sleep(0.3)  # storing by then, far from done
+        importing.send_signal(signal.SIGKILL)
+        importing.wait(10)
+    finally:
+        importing.kill()
+        importing.wait(10)
+        if importing.stderr is not None:
+            importing.stderr.close()
+
+
 def test_an_import_into_the_empty_table_builds_its_indexes_after(
     tmp_path: Path, database_url: str, run: Run, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -121,22 +142,7 @@ def test_an_import_killed_with_its_indexes_off_leaves_them_to_migrate(
     path = tmp_path / "many.ndjson"
     path.write_bytes(ndjson(*leads))
     env = cli_env(LEADS_DATABASE_URL=plain_url(database_url))
-    importing = subprocess.Popen(
-        [*CLI, "import", str(path)], cwd=tmp_path, env=env,
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
-        assert importing.stderr is not None
-        first = importing.stderr.readline()
-        assert PUT_OFF in first, first
-        time.sleep(0.3)  # storing by then, far from done
-        importing.send_signal(signal.SIGKILL)
-        importing.wait(10)
-    finally:
-        importing.kill()
-        importing.wait(10)
-        if importing.stderr is not None:
-            importing.stderr.close()
+    kill_once_put_off(path, tmp_path, env)
     assert len(waiting(database_url)) == 5
     assert set(indexes(database_url)) == {"lead_pkey"}
     kept = len(stored(database_url))  # committed before the kill

@@ -7,10 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import signal
 import sqlite3
-import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +17,10 @@ import pytest
 from leads_gql import importer
 from leads_gql.config import Settings
 from leads_gql.store import db, deferred
-from tests.server import CLI, cli_env, run_cli
+from tests.server import cli_env, run_cli
 from tests.test_db import _migrate_to
+from tests.test_deferred import PUT_OFF, kill_once_put_off
 from tests.test_import import Run, lead, ndjson, stored, summary
-
-PUT_OFF = "secondary indexes are built once the leads are in"
 
 
 @pytest.fixture
@@ -134,22 +130,7 @@ def test_an_import_killed_with_its_indexes_off_leaves_them_to_migrate(
     path = tmp_path / "many.ndjson"
     path.write_bytes(ndjson(*leads))
     env = _env(database)
-    importing = subprocess.Popen(
-        [*CLI, "import", str(path)], cwd=tmp_path, env=env,
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
-        assert importing.stderr is not None
-        first = importing.stderr.readline()
-        assert PUT_OFF in first, first
-        time.sleep(0.3)  # storing by then, far from done
-        importing.send_signal(signal.SIGKILL)
-        importing.wait(10)
-    finally:
-        importing.kill()
-        importing.wait(10)
-        if importing.stderr is not None:
-            importing.stderr.close()
+    kill_once_put_off(path, tmp_path, env)
     assert len(waiting(database)) == 4
     assert list(indexes(database)) == ["sqlite_autoindex_lead_1"]
     url = f"sqlite+aiosqlite:///{database}"

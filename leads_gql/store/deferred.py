@@ -84,14 +84,7 @@ async def put_off(connection: Any) -> int:
                 indexes = []
             else:
                 indexes = await connection.fetch(_SECONDARY)
-            await connection.executemany(
-                "INSERT INTO deferred_index (name, definition) VALUES ($1, $2) "
-                "ON CONFLICT (name) DO NOTHING",
-                indexes,
-            )
-            for name, _ in indexes:
-                quoted = name.replace('"', '""')
-                await connection.execute(f'DROP INDEX "{quoted}"')
+            await _set_aside(connection, indexes, "$1, $2")
     except Exception as error:
         with contextlib.suppress(Exception):  # (the connection may be gone)
             await _unlock(connection)
@@ -101,6 +94,19 @@ async def put_off(connection: Any) -> int:
     if not indexes:
         await _unlock(connection)
     return len(indexes)
+
+
+async def _set_aside(connection: Any, indexes: Sequence[Any], marks: str) -> None:
+    """In the caller's transaction: keep each index's (name, definition) in
+    deferred_index, then drop it. `marks`: the driver's two placeholders."""
+    await connection.executemany(
+        f"INSERT INTO deferred_index (name, definition) VALUES ({marks}) "
+        "ON CONFLICT (name) DO NOTHING",
+        indexes,
+    )
+    for name, _ in indexes:
+        quoted = name.replace('"', '""')
+        await connection.execute(f'DROP INDEX "{quoted}"')
 
 
 async def build(connections: Sequence[Any]) -> int:
@@ -137,13 +143,16 @@ async def build_left_over(connection: Any) -> int:
         return 0
     if not await _lock(connection):
         return 0
-    names = [name for name, _ in await connection.fetch(_WAITING)]
+    _left_over([name for name, _ in await connection.fetch(_WAITING)])
+    return await build([connection])
+
+
+def _left_over(names: list[str]) -> None:
     logger.warning(
         "building %d index(es) that an interrupted import left unbuilt: %s",
         len(names),
         ", ".join(names),
     )
-    return await build([connection])
 
 
 async def _lock(connection: Any) -> bool:
@@ -178,14 +187,7 @@ async def _sqlite_put_off(connection: aiosqlite.Connection) -> int:
             indexes: list[Any] = []
             if not await connection.execute_fetchall("SELECT 1 FROM lead LIMIT 1"):
                 indexes = list(await connection.execute_fetchall(_SQLITE_SECONDARY))
-            await connection.executemany(
-                "INSERT INTO deferred_index (name, definition) VALUES (?, ?) "
-                "ON CONFLICT (name) DO NOTHING",
-                indexes,
-            )
-            for name, _ in indexes:
-                quoted = name.replace('"', '""')
-                await connection.execute(f'DROP INDEX "{quoted}"')
+            await _set_aside(connection, indexes, "?, ?")
         except BaseException:
             await connection.execute("ROLLBACK")
             raise
@@ -236,12 +238,7 @@ async def _sqlite_build_left_over(connection: aiosqlite.Connection) -> int:
     path = await _sqlite_path(connection)
     if path is None or not _sqlite_lock(path):
         return 0
-    names = [name for name, _ in await connection.execute_fetchall(_WAITING)]
-    logger.warning(
-        "building %d index(es) that an interrupted import left unbuilt: %s",
-        len(names),
-        ", ".join(names),
-    )
+    _left_over([name for name, _ in await connection.execute_fetchall(_WAITING)])
     return await _sqlite_build(connection)
 
 

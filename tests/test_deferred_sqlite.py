@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -170,3 +171,19 @@ def test_a_downgrade_past_0004_builds_the_waiting_indexes(database: Path) -> Non
     assert "deferred_index" not in {
         name for (name,) in _query(database, "SELECT name FROM sqlite_master")
     }
+
+
+def test_without_flock_the_indexes_stay(
+    database: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where there is no `fcntl` (Windows), nothing could tell a `migrate` that
+    an import has the indexes off: it keeps them."""
+    monkeypatch.setitem(sys.modules, "fcntl", None)  # (import fcntl fails)
+
+    async def scenario() -> None:
+        async with aiosqlite.connect(database, isolation_level=None) as importing:
+            assert await deferred.put_off(importing) == 0
+
+    before = indexes(database)
+    asyncio.run(scenario())
+    assert indexes(database) == before and waiting(database) == []

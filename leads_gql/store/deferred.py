@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import logging
 import os
 from collections.abc import Sequence
@@ -252,6 +251,10 @@ async def _sqlite_path(connection: aiosqlite.Connection) -> str | None:
 
 def _sqlite_lock(path: str) -> bool:
     """Take the import's lock of the database at `path`, if free."""
+    try:
+        import fcntl
+    except ImportError:  # (Windows: no flock, so the import keeps its indexes)
+        return False
     if path in _held:
         return False  # (this process has it: another import in it)
     descriptor = os.open(f"{path}-import", os.O_RDWR | os.O_CREAT, 0o600)
